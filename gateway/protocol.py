@@ -1,0 +1,116 @@
+"""The OpenAI wire format the gateway accepts, as pydantic models in one place.
+
+Only the fields the gateway acts on are declared and checked; anything else (engine extras such
+as vLLM's ``top_k`` or ``continue_final_message``) is kept and forwarded unchanged. The ``ttc``
+object is the gateway's own extension (strategy choice for clients that cannot set headers) and
+is never forwarded.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from gateway.config import LimitsConfig
+from gateway.errors import GatewayError, invalid_request
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ChatMessage(_Open):
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[dict[str, Any]] | None = None
+
+
+class StreamOptions(_Open):
+    include_usage: bool = False
+
+
+class _SamplingRequest(_Open):
+    model: str = Field(min_length=1)
+    n: int = Field(1, ge=1)
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    ttc: dict[str, Any] | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _at_most_four_stops(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list) and len(value) > 4:
+            raise ValueError("at most 4 stop sequences are allowed")
+        return value
+
+
+class ChatCompletionRequest(_SamplingRequest):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+
+    def requested_max_tokens(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+
+class CompletionRequest(_SamplingRequest):
+    prompt: str | list[str] | list[int] | list[list[int]]
+    logprobs: int | None = Field(None, ge=0, le=20)
+    echo: bool | None = None
+
+    def requested_max_tokens(self) -> int | None:
+        return self.max_tokens
+
+
+R = TypeVar("R", bound=_SamplingRequest)
+
+
+def _param_path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def parse_request(model: type[R], body: Any, limits: LimitsConfig) -> R:
+    """Validate a decoded JSON body; raise a 400 naming the first offending field."""
+    if not isinstance(body, dict):
+        raise invalid_request("The request body must be a JSON object", code="invalid_json")
+    try:
+        request = model.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = _param_path(first["loc"])
+        if first["type"] == "missing":
+            raise invalid_request(
+                f"Missing required parameter: {param!r}", param=param, code="missing_required_parameter"
+            ) from None
+        raise invalid_request(f"Invalid value for {param!r}: {first['msg']}", param=param) from None
+    if request.n > limits.max_n:
+        raise invalid_request(
+            f"n={request.n} is above this gateway's limit of {limits.max_n}", param="n"
+        )
+    max_tokens = request.requested_max_tokens()
+    if max_tokens is not None and max_tokens > limits.max_tokens:
+        field = "max_completion_tokens" if body.get("max_completion_tokens") else "max_tokens"
+        raise invalid_request(
+            f"{field}={max_tokens} is above this gateway's limit of {limits.max_tokens}",
+            param=field,
+        )
+    return request
+
+
+__all__ = [
+    "ChatCompletionRequest",
+    "CompletionRequest",
+    "GatewayError",
+    "parse_request",
+]

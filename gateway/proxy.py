@@ -1,0 +1,280 @@
+"""Forwarding one request to one worker: the plumbing under the ``single`` strategy.
+
+``Upstream.open`` sends a body to the best worker of a pool and returns the live response, or
+raises an OpenAI-style error: a worker that cannot be reached is taken out of rotation and the
+request retried on another (nothing was generated yet, so this is safe); a worker timeout is a
+504, a worker 5xx or a malformed answer a 502, a worker 4xx is passed on with its message.
+
+``Upstream.complete`` and ``Upstream.stream`` answer a client from that response. Streams are
+relayed chunk by chunk; when the relay stops early (client gone, deadline) the upstream
+response is closed, which makes vLLM and llama.cpp abort the generation, and the adapter's
+``abort`` (SGLang's ``/abort_request``) is called too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+
+from gateway.errors import GatewayError, bad_gateway, gateway_timeout
+from gateway.metrics import GatewayMetrics
+from gateway.pool import Worker, WorkerLease, WorkerPool
+from gateway.sse import DONE, encode_done, encode_event, iter_sse_data
+from gateway.streams import StreamTally, Usage, assemble_chat_completion, assemble_text_completion
+
+log = logging.getLogger("ttc.proxy")
+
+JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+@dataclass
+class RequestContext:
+    """Per-request values passed down (never stored globally)."""
+
+    request_id: str
+    endpoint: str  # "chat" or "completions"
+    strategy: str
+    arrived: float = field(default_factory=time.perf_counter)
+    deadline_s: float = 600.0
+
+    @property
+    def path(self) -> str:
+        return "/v1/chat/completions" if self.endpoint == "chat" else "/v1/completions"
+
+
+class Upstream:
+    """Sends requests to workers and turns their answers into client answers."""
+
+    def __init__(self, metrics: GatewayMetrics) -> None:
+        self.metrics = metrics
+
+    # -- sending ----------------------------------------------------------------------------
+    async def open(
+        self, pool: WorkerPool, ctx: RequestContext, body: dict[str, Any]
+    ) -> tuple[WorkerLease, aiohttp.ClientResponse]:
+        """Send ``body`` to the best worker; retry on another only if none was reached."""
+        tried: list[Worker] = []
+        while True:
+            lease = pool.lease(exclude=tried)
+            worker = lease.worker
+            payload = pool.adapter.prepare(dict(body), pool.upstream_model, ctx.request_id)
+            try:
+                response = await pool.session.post(
+                    worker.url + ctx.path,
+                    data=orjson.dumps(payload),
+                    headers={**JSON_HEADERS, **pool.auth_headers},
+                    timeout=pool.request_timeout,
+                )
+            except aiohttp.ClientConnectorError as exc:
+                lease.release()
+                self._count_error(pool, worker, "connect")
+                pool.mark_failed(worker, f"connection failed: {exc}")
+                tried.append(worker)
+                if len(tried) < len(pool.workers):
+                    continue
+                raise bad_gateway(f"worker {worker.name} of pool {pool.name} is unreachable") from None
+            except BaseException as exc:
+                lease.release()
+                raise self._translate(pool, worker, exc) from None
+            if response.status >= 400:
+                lease.release()
+                raise await self._http_error(pool, worker, response)
+            return lease, response
+
+    async def _http_error(
+        self, pool: WorkerPool, worker: Worker, response: aiohttp.ClientResponse
+    ) -> GatewayError:
+        try:
+            raw = await response.read()
+        finally:
+            response.release()
+        message = _error_message(raw) or f"HTTP {response.status}"
+        if response.status >= 500:
+            self._count_error(pool, worker, "http_5xx")
+            return bad_gateway(f"worker {worker.name} failed: {message}")
+        self._count_error(pool, worker, "http_4xx")
+        if response.status == 429:
+            return GatewayError(429, f"worker is overloaded: {message}", type="rate_limit_error",
+                                code="upstream_overloaded", headers={"Retry-After": "1"})
+        return GatewayError(response.status if response.status != 404 else 400, message,
+                            code="upstream_rejected")
+
+    def _translate(self, pool: WorkerPool, worker: Worker, exc: BaseException) -> BaseException:
+        """Map a transport failure to the client's error; let cancellations through."""
+        if isinstance(exc, GatewayError | asyncio.CancelledError):
+            return exc
+        if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
+            self._count_error(pool, worker, "timeout")
+            return gateway_timeout(f"worker {worker.name} did not answer in time")
+        if isinstance(exc, aiohttp.ClientError | orjson.JSONDecodeError | ValueError):
+            self._count_error(pool, worker, "protocol")
+            return bad_gateway(f"worker {worker.name} broke the connection or the protocol: "
+                               f"{type(exc).__name__}")
+        return exc
+
+    def _count_error(self, pool: WorkerPool, worker: Worker, kind: str) -> None:
+        self.metrics.upstream_errors.labels(pool.name, worker.name, kind).inc()
+
+    # -- non-streaming ----------------------------------------------------------------------
+    async def complete(
+        self, pool: WorkerPool, ctx: RequestContext, body: dict[str, Any], n: int
+    ) -> dict[str, Any]:
+        """Forward a non-streaming request and return the completion object."""
+        if pool.adapter.needs_streaming_for_usage(n):
+            return await self._complete_via_stream(pool, ctx, body)
+        lease, response = await self.open(pool, ctx, body)
+        try:
+            async with asyncio.timeout(ctx.deadline_s - (time.perf_counter() - ctx.arrived)):
+                raw = await response.read()
+            result = orjson.loads(raw)
+            if not isinstance(result, dict) or "choices" not in result:
+                raise ValueError("answer has no choices")
+        except BaseException as exc:
+            response.close()
+            raise self._translate(pool, lease.worker, exc) from None
+        finally:
+            response.release()
+            lease.release()
+        result["model"] = pool.model
+        usage = result.get("usage") or {}
+        self._count_tokens(pool, Usage(
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0),
+            cached_tokens=(usage.get("prompt_tokens_details") or {}).get("cached_tokens"),
+        ))
+        return result
+
+    async def _complete_via_stream(
+        self, pool: WorkerPool, ctx: RequestContext, body: dict[str, Any]
+    ) -> dict[str, Any]:
+        streamed = {**body, "stream": True, "stream_options": {"include_usage": True}}
+        tally = StreamTally(pool.adapter.usage_counts_all_choices)
+        lease, response = await self.open(pool, ctx, streamed)
+        try:
+            async with asyncio.timeout(ctx.deadline_s - (time.perf_counter() - ctx.arrived)):
+                await self._consume(response, tally)
+        except BaseException as exc:
+            response.close()
+            raise self._translate(pool, lease.worker, exc) from None
+        finally:
+            response.release()
+            lease.release()
+        self._count_tokens(pool, tally.usage())
+        if ctx.endpoint == "chat":
+            return assemble_chat_completion(tally, pool.model)
+        return assemble_text_completion(tally, pool.model)
+
+    # -- streaming --------------------------------------------------------------------------
+    async def stream(
+        self, pool: WorkerPool, ctx: RequestContext, body: dict[str, Any]
+    ) -> AsyncGenerator[bytes, None]:
+        """Open the upstream stream now (errors are still HTTP errors), relay it lazily."""
+        client_options = body.get("stream_options") or {}
+        wants_usage = bool(client_options.get("include_usage"))
+        wants_continuous = bool(client_options.get("continuous_usage_stats"))
+        upstream_body = {**body, "stream_options": {**client_options, "include_usage": True}}
+        lease, response = await self.open(pool, ctx, upstream_body)
+        return self._relay(pool, ctx, lease, response, wants_usage, wants_continuous)
+
+    async def _relay(
+        self,
+        pool: WorkerPool,
+        ctx: RequestContext,
+        lease: WorkerLease,
+        response: aiohttp.ClientResponse,
+        wants_usage: bool,
+        wants_continuous: bool,
+    ) -> AsyncGenerator[bytes, None]:
+        tally = StreamTally(pool.adapter.usage_counts_all_choices)
+        worker = lease.worker
+        ttft_recorded = False
+        try:
+            async with asyncio.timeout(ctx.deadline_s - (time.perf_counter() - ctx.arrived)):
+                async for data in iter_sse_data(response.content):
+                    if data == DONE:
+                        tally.completed = True
+                        break
+                    chunk = orjson.loads(data)
+                    if "error" in chunk:
+                        yield encode_event(chunk)
+                        return
+                    tally.observe(chunk)
+                    chunk["model"] = pool.model
+                    if not chunk.get("choices") and "usage" in chunk:
+                        continue  # the final usage chunk: sent below, corrected
+                    if "usage" in chunk and not wants_continuous:
+                        del chunk["usage"]
+                    if tally.first_token_seen and not ttft_recorded:
+                        ttft_recorded = True
+                        self.metrics.time_to_first_token.labels(ctx.strategy, pool.model).observe(
+                            time.perf_counter() - ctx.arrived
+                        )
+                    yield encode_event(chunk)
+            if wants_usage:
+                yield encode_event({
+                    "id": tally.id, "object": "chat.completion.chunk" if ctx.endpoint == "chat"
+                    else "text_completion", "created": tally.created, "model": pool.model,
+                    "choices": [], "usage": tally.usage().as_openai(),
+                })
+            yield encode_done()
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            error = self._translate(pool, worker, exc)
+            message = error.message if isinstance(error, GatewayError) else str(error)
+            log.warning("stream %s from %s broke: %s", ctx.request_id, worker.name, message)
+            yield encode_event(GatewayError(
+                502 if not isinstance(exc, TimeoutError) else 504, message,
+                type="upstream_error", code="stream_interrupted",
+            ).body())
+            yield encode_done()
+        finally:
+            if tally.completed:
+                response.release()
+            else:
+                response.close()  # the engine sees the disconnect and aborts the generation
+                await asyncio.shield(pool.adapter.abort(pool.session, worker.url, ctx.request_id))
+            lease.release()
+            self._count_tokens(pool, tally.usage())
+
+    async def _consume(self, response: aiohttp.ClientResponse, tally: StreamTally) -> None:
+        async for data in iter_sse_data(response.content):
+            if data == DONE:
+                tally.completed = True
+                return
+            chunk = orjson.loads(data)
+            if "error" in chunk:
+                raise ValueError(_error_message(data) or "worker sent an error event")
+            tally.observe(chunk)
+        raise aiohttp.ClientPayloadError("stream ended without [DONE]")
+
+    # -- accounting -------------------------------------------------------------------------
+    def _count_tokens(self, pool: WorkerPool, usage: Usage) -> None:
+        role = "default"
+        tokens = self.metrics.tokens
+        tokens.labels(pool.model, role, "prompt").inc(usage.prompt_tokens)
+        tokens.labels(pool.model, role, "completion").inc(usage.completion_tokens)
+        if usage.cached_tokens:
+            tokens.labels(pool.model, role, "cached_prompt").inc(usage.cached_tokens)
+
+
+def _error_message(raw: bytes) -> str | None:
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        text = raw.decode("utf-8", "replace").strip()
+        return text[:500] or None
+    if isinstance(data, dict):
+        error = data.get("error", data)
+        if isinstance(error, dict):
+            return str(error.get("message") or error.get("detail") or error)[:500]
+        if isinstance(error, str):
+            return error[:500]
+        if "detail" in data:
+            return str(data["detail"])[:500]
+    return None

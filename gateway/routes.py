@@ -1,0 +1,207 @@
+"""The HTTP surface: thin routes that validate, pick a strategy and a pool, and answer.
+
+The work is done in plain classes (``PoolRegistry``, ``Upstream``); the routes only translate
+between HTTP and them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.datastructures import Headers
+from starlette.responses import Response
+
+from gateway.config import GatewaySettings
+from gateway.errors import GatewayError, invalid_request
+from gateway.metrics import GatewayMetrics
+from gateway.pool import PoolRegistry
+from gateway.protocol import ChatCompletionRequest, CompletionRequest, parse_request
+from gateway.proxy import RequestContext, Upstream
+from gateway.sse import ClientDisconnected, DisconnectAwareStream, cancel_on_disconnect
+from strategies import REGISTRY, InvalidParameter, UnknownStrategy, get_strategy
+
+router = APIRouter()
+
+STRATEGY_HEADER = "x-ttc-strategy"
+PARAM_HEADER_PREFIX = "x-ttc-"
+
+
+@dataclass
+class GatewayState:
+    """Everything a request handler needs, built once per app."""
+
+    settings: GatewaySettings
+    pools: PoolRegistry
+    upstream: Upstream
+    metrics: GatewayMetrics
+
+
+def _state(request: Request) -> GatewayState:
+    state: GatewayState = request.app.state.gateway
+    return state
+
+
+async def read_json_body(request: Request, limit: int) -> Any:
+    """The decoded body, or 413 when larger than ``limit`` bytes, or 400 when not JSON."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise GatewayError(413, f"request body is larger than {limit} bytes",
+                           code="request_too_large")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise GatewayError(413, f"request body is larger than {limit} bytes",
+                               code="request_too_large")
+    if not body:
+        raise invalid_request("The request body is empty; expected a JSON object",
+                              code="invalid_json")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise invalid_request(f"The request body is not valid JSON: {exc}",
+                              code="invalid_json") from None
+
+
+def select_strategy(
+    headers: Headers, body_ttc: dict[str, Any] | None, default: str
+) -> tuple[str, dict[str, Any]]:
+    """Strategy name and raw parameters: headers win over the body's ``ttc``, which wins over
+    the configured default. ``X-TTC-Max-Tokens-Total`` becomes ``max_tokens_total``."""
+    given: dict[str, Any] = {k: v for k, v in (body_ttc or {}).items() if k != "strategy"}
+    name = (body_ttc or {}).get("strategy", default)
+    for key, value in headers.items():
+        if key.startswith(PARAM_HEADER_PREFIX):
+            if key == STRATEGY_HEADER:
+                name = value
+            else:
+                given[key[len(PARAM_HEADER_PREFIX):].replace("-", "_")] = value
+    if not isinstance(name, str):
+        raise invalid_request("ttc.strategy must be a string", param="ttc.strategy")
+    return name, given
+
+
+async def _sampling(request: Request, endpoint: str) -> Response:
+    state = _state(request)
+    ctx = RequestContext(
+        request_id=request.scope["state"]["request_id"],
+        endpoint=endpoint,
+        strategy="-",
+        deadline_s=state.settings.limits.request_timeout_s,
+    )
+    model = "-"
+    status = 500
+    try:
+        body = await read_json_body(request, state.settings.limits.max_body_bytes)
+        parsed = parse_request(
+            ChatCompletionRequest if endpoint == "chat" else CompletionRequest,
+            body, state.settings.limits,
+        )
+        name, raw_params = select_strategy(request.headers, parsed.ttc,
+                                           state.settings.default_strategy)
+        try:
+            spec = get_strategy(name)
+            spec.parse(raw_params)
+        except UnknownStrategy as exc:
+            raise invalid_request(str(exc), param="X-TTC-Strategy",
+                                  code="unknown_strategy") from None
+        except InvalidParameter as exc:
+            raise invalid_request(str(exc), param=f"X-TTC-{exc.param}") from None
+        ctx.strategy = spec.name
+        pool = state.pools.for_model(parsed.model)
+        model = pool.model
+        forward = {k: v for k, v in body.items() if k != "ttc"}
+        headers = {"X-TTC-Strategy": spec.name}
+        if parsed.stream:
+            relay = await state.upstream.stream(pool, ctx, forward)
+            status = 200
+            return DisconnectAwareStream(
+                relay, headers=headers,
+                on_disconnect=lambda: state.metrics.client_disconnects.labels(
+                    model, endpoint).inc(),
+            )
+        result = await cancel_on_disconnect(
+            request.receive, state.upstream.complete(pool, ctx, forward, parsed.n)
+        )
+        status = 200
+        return Response(orjson.dumps(result), media_type="application/json", headers=headers)
+    except GatewayError as exc:
+        status = exc.status
+        raise
+    except ClientDisconnected:
+        status = 499  # nginx's "client closed request"; no response is sent
+        state.metrics.client_disconnects.labels(model, endpoint).inc()
+        return Response(status_code=499)
+    finally:
+        metrics = state.metrics
+        metrics.requests.labels(ctx.strategy, model, endpoint, str(status)).inc()
+        metrics.request_duration.labels(ctx.strategy, model, endpoint).observe(
+            time.perf_counter() - ctx.arrived)
+
+
+@router.post("/v1/chat/completions", summary="Create a chat completion",
+             tags=["OpenAI"])
+async def chat_completions(request: Request) -> Response:
+    return await _sampling(request, "chat")
+
+
+@router.post("/v1/completions", summary="Create a text completion", tags=["OpenAI"])
+async def completions(request: Request) -> Response:
+    return await _sampling(request, "completions")
+
+
+@router.get("/v1/models", summary="List the models this gateway serves", tags=["OpenAI"])
+async def list_models(request: Request) -> dict[str, Any]:
+    state = _state(request)
+    return {
+        "object": "list",
+        "data": [
+            {"id": model, "object": "model", "created": 0, "owned_by": "ttc-gateway"}
+            for model in state.pools.models
+        ],
+    }
+
+
+@router.get("/v1/strategies", summary="List strategies and their parameters", tags=["TTC"])
+async def list_strategies() -> dict[str, Any]:
+    return {"object": "list", "data": [spec.describe() for spec in REGISTRY.values()]}
+
+
+@router.get("/health", summary="Liveness: the gateway process answers", tags=["Operations"])
+async def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/ready", summary="Readiness: every model has a healthy worker", tags=["Operations"])
+async def ready(request: Request) -> Response:
+    state = _state(request)
+    pools = [
+        {
+            "pool": pool.name,
+            "model": pool.model,
+            "engine": pool.config.engine.value,
+            "roles": [r.value for r in pool.config.roles],
+            "workers": [
+                {"url": w.url, "healthy": w.healthy, "in_flight": w.in_flight}
+                for w in pool.workers
+            ],
+        }
+        for pool in state.pools.pools
+    ]
+    is_ready = state.pools.ready
+    return Response(
+        orjson.dumps({"status": "ready" if is_ready else "not ready", "pools": pools}),
+        status_code=200 if is_ready else 503,
+        media_type="application/json",
+    )
+
+
+@router.get("/metrics", summary="Prometheus metrics", tags=["Operations"])
+async def metrics(request: Request) -> Response:
+    return Response(generate_latest(_state(request).metrics.registry),
+                    media_type=CONTENT_TYPE_LATEST)

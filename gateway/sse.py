@@ -1,0 +1,114 @@
+"""Server-sent events: reading an engine's stream, and answering a client with one.
+
+``DisconnectAwareStream`` is a Starlette response that watches for ``http.disconnect`` while it
+streams. When the client goes away it cancels the body generator at once (so the generator's
+``finally`` closes the upstream stream and the engine aborts the generation), instead of waiting
+for the next write to fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import aiohttp
+import orjson
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+T = TypeVar("T")
+
+DONE = b"[DONE]"
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def encode_event(payload: Any) -> bytes:
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+def encode_done() -> bytes:
+    return b"data: [DONE]\n\n"
+
+
+def encode_comment(text: str) -> bytes:
+    """An SSE comment line: clients ignore it; it keeps connections and proxies alive."""
+    return b": " + text.encode() + b"\n\n"
+
+
+async def iter_sse_data(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+    """Yield the ``data`` payload of each event of an SSE body (``[DONE]`` included)."""
+    parts: list[bytes] = []
+    async for raw in content:
+        line = raw.rstrip(b"\r\n")
+        if not line:
+            if parts:
+                yield b"\n".join(parts)
+                parts = []
+        elif line.startswith(b"data:"):
+            parts.append(line[5:].lstrip(b" "))
+        # comments (":"), "event:", "id:" and "retry:" lines carry nothing the gateway uses
+    if parts:
+        yield b"\n".join(parts)
+
+
+async def _wait_for_disconnect(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+class ClientDisconnected(Exception):
+    """The client closed its connection before the answer was complete."""
+
+
+async def cancel_on_disconnect(receive: Receive, work: Awaitable[T]) -> T:
+    """Await ``work``; if the client disconnects first, cancel it and raise ClientDisconnected."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            watcher.cancel()
+            raise ClientDisconnected()
+        watcher.cancel()
+    return task.result()
+
+
+class DisconnectAwareStream(Response):
+    """Stream ``body`` as SSE; on client disconnect cancel it and call ``on_disconnect``."""
+
+    media_type = "text/event-stream"
+
+    def __init__(
+        self,
+        body: AsyncGenerator[bytes, None],
+        headers: dict[str, str] | None = None,
+        on_disconnect: Callable[[], None] | None = None,
+    ) -> None:
+        self.body_iterator = body
+        self.status_code = 200
+        self.background = None
+        self._on_disconnect = on_disconnect
+        self.init_headers({**SSE_HEADERS, **(headers or {})})
+
+    async def _pump(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        async for chunk in self.body_iterator:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await cancel_on_disconnect(receive, self._pump(send))
+        except (ClientDisconnected, OSError):
+            if self._on_disconnect is not None:
+                self._on_disconnect()
+        finally:
+            await self.body_iterator.aclose()

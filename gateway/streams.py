@@ -1,0 +1,198 @@
+"""Token accounting and reassembly of streamed completions.
+
+The gateway counts tokens itself from the stream: engines under-report (llama.cpp counts one
+choice of an ``n > 1`` request) and never report on a request that was aborted. Every engine
+here streams one token per content chunk unless the chunk carries several logprob entries, which
+then give the exact count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class ChoiceState:
+    """What one choice (sample) of a streamed request has produced so far."""
+
+    index: int
+    tokens: int = 0
+    text: list[str] = field(default_factory=list)
+    reasoning: list[str] = field(default_factory=list)
+    finish_reason: str | None = None
+    stop_reason: Any = None
+    logprobs: list[Any] = field(default_factory=list)
+    tool_calls: dict[int, dict[str, Any]] = field(default_factory=dict)
+    role: str = "assistant"
+
+    @property
+    def content(self) -> str:
+        return "".join(self.text)
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int | None = None
+
+    def as_openai(self) -> dict[str, Any]:
+        usage: dict[str, Any] = {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        }
+        if self.cached_tokens is not None:
+            usage["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
+        return usage
+
+
+class StreamTally:
+    """Follows the chunks of one upstream stream (chat or text completions)."""
+
+    def __init__(self, engine_usage_counts_all_choices: bool) -> None:
+        self._trust_engine = engine_usage_counts_all_choices
+        self.choices: dict[int, ChoiceState] = {}
+        self.engine_usage: dict[str, Any] | None = None
+        self.completed = False
+        self.first_token_seen = False
+        self.id: str | None = None
+        self.created: int | None = None
+
+    def choice(self, index: int) -> ChoiceState:
+        state = self.choices.get(index)
+        if state is None:
+            state = self.choices[index] = ChoiceState(index)
+        return state
+
+    def observe(self, chunk: dict[str, Any]) -> None:
+        """Record one parsed chunk."""
+        if self.id is None:
+            self.id = chunk.get("id")
+            self.created = chunk.get("created")
+        usage = chunk.get("usage")
+        if usage:
+            self.engine_usage = usage
+        for raw in chunk.get("choices") or ():
+            state = self.choice(int(raw.get("index", 0)))
+            delta = raw.get("delta")
+            produced = False
+            if delta is not None:  # chat.completion.chunk
+                if delta.get("role"):
+                    state.role = delta["role"]
+                if delta.get("content"):
+                    state.text.append(delta["content"])
+                    produced = True
+                reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+                if reasoning:
+                    state.reasoning.append(reasoning)
+                    produced = True
+                for call in delta.get("tool_calls") or ():
+                    _merge_tool_call(state.tool_calls, call)
+                    produced = True
+            elif raw.get("text"):  # text_completion chunk
+                state.text.append(raw["text"])
+                produced = True
+            entries = _logprob_entries(raw.get("logprobs"))
+            if entries:
+                state.logprobs.extend(entries)
+            if produced:
+                state.tokens += max(1, len(entries))
+                self.first_token_seen = True
+            if raw.get("finish_reason"):
+                state.finish_reason = raw["finish_reason"]
+                state.stop_reason = raw.get("stop_reason", raw.get("matched_stop"))
+
+    @property
+    def counted_completion_tokens(self) -> int:
+        return sum(c.tokens for c in self.choices.values())
+
+    def usage(self) -> Usage:
+        """Usage of the whole request: the engine's where it is trustworthy, else our count."""
+        engine = self.engine_usage or {}
+        completion = self.counted_completion_tokens
+        if self.completed and self._trust_engine and "completion_tokens" in engine:
+            completion = max(completion, int(engine["completion_tokens"]))
+        details = engine.get("prompt_tokens_details") or {}
+        cached = details.get("cached_tokens")
+        return Usage(
+            prompt_tokens=int(engine.get("prompt_tokens") or 0),
+            completion_tokens=completion,
+            cached_tokens=int(cached) if cached is not None else None,
+        )
+
+
+def _logprob_entries(logprobs: Any) -> list[Any]:
+    if not logprobs:
+        return []
+    if isinstance(logprobs, dict):
+        content = logprobs.get("content")
+        if isinstance(content, list):
+            return content
+        tokens = logprobs.get("tokens")  # text-completions shape
+        if isinstance(tokens, list):
+            return tokens
+    return []
+
+
+def _merge_tool_call(calls: dict[int, dict[str, Any]], delta: dict[str, Any]) -> None:
+    index = int(delta.get("index", len(calls)))
+    call = calls.setdefault(index, {"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
+    if delta.get("id"):
+        call["id"] = delta["id"]
+    if delta.get("type"):
+        call["type"] = delta["type"]
+    function = delta.get("function") or {}
+    if function.get("name"):
+        call["function"]["name"] += function["name"]
+    if function.get("arguments"):
+        call["function"]["arguments"] += function["arguments"]
+
+
+def assemble_chat_completion(tally: StreamTally, model: str) -> dict[str, Any]:
+    """A ``chat.completion`` object from the chunks of a streamed one."""
+    choices = []
+    for index in sorted(tally.choices):
+        state = tally.choices[index]
+        message: dict[str, Any] = {"role": state.role, "content": state.content}
+        if state.reasoning:
+            message["reasoning_content"] = "".join(state.reasoning)
+        if state.tool_calls:
+            message["tool_calls"] = [state.tool_calls[i] for i in sorted(state.tool_calls)]
+        choice: dict[str, Any] = {
+            "index": index,
+            "message": message,
+            "finish_reason": state.finish_reason,
+            "logprobs": {"content": state.logprobs} if state.logprobs else None,
+        }
+        choices.append(choice)
+    return {
+        "id": tally.id or "chatcmpl-ttc",
+        "object": "chat.completion",
+        "created": tally.created or 0,
+        "model": model,
+        "choices": choices,
+        "usage": tally.usage().as_openai(),
+    }
+
+
+def assemble_text_completion(tally: StreamTally, model: str) -> dict[str, Any]:
+    """A ``text_completion`` object from the chunks of a streamed one."""
+    choices = [
+        {
+            "index": index,
+            "text": tally.choices[index].content,
+            "finish_reason": tally.choices[index].finish_reason,
+            "logprobs": None,
+        }
+        for index in sorted(tally.choices)
+    ]
+    return {
+        "id": tally.id or "cmpl-ttc",
+        "object": "text_completion",
+        "created": tally.created or 0,
+        "model": model,
+        "choices": choices,
+        "usage": tally.usage().as_openai(),
+    }

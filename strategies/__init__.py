@@ -1,0 +1,22 @@
+"""Test-time-compute strategies, one module each, found by name through ``REGISTRY``.
+
+The HTTP layer never imports a concrete strategy: it asks ``get_strategy(name)``. Strategies
+never import the HTTP layer.
+"""
+
+from __future__ import annotations
+
+from strategies.base import InvalidParameter, ParameterSpec, StrategySpec, UnknownStrategy
+from strategies.single import SINGLE
+
+REGISTRY: dict[str, StrategySpec] = {spec.name: spec for spec in (SINGLE,)}
+
+
+def get_strategy(name: str) -> StrategySpec:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise UnknownStrategy(name, sorted(REGISTRY)) from None
+
+
+__all__ = ["REGISTRY", "InvalidParameter", "ParameterSpec", "StrategySpec", "UnknownStrategy", "get_strategy"]

@@ -1,0 +1,107 @@
+"""What every strategy declares: its name, its paper, and its parameters with their limits.
+
+Parameters arrive as ``X-TTC-<Name>`` headers or in the body's ``ttc`` object (header wins);
+``StrategySpec.parse`` validates them and returns plain values, or raises ``InvalidParameter``
+naming the offending one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class UnknownStrategy(ValueError):
+    def __init__(self, name: str, known: list[str]) -> None:
+        super().__init__(f"unknown strategy {name!r}; known strategies: {', '.join(known)}")
+        self.name = name
+
+
+class InvalidParameter(ValueError):
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+@dataclass(frozen=True)
+class ParameterSpec:
+    """One tunable of a strategy, with its type, default and allowed range."""
+
+    name: str
+    type: type
+    default: Any
+    description: str
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] | None = None
+
+    def parse(self, raw: Any) -> Any:
+        try:
+            if self.type is bool and isinstance(raw, str):
+                if raw.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(raw)
+                value: Any = raw.lower() in ("true", "1")
+            elif self.type is int and isinstance(raw, float) and not raw.is_integer():
+                raise ValueError(raw)
+            else:
+                value = self.type(raw)
+        except (TypeError, ValueError):
+            raise InvalidParameter(
+                self.name, f"{self.name} must be of type {self.type.__name__}, got {raw!r}"
+            ) from None
+        if self.minimum is not None and value < self.minimum:
+            raise InvalidParameter(self.name, f"{self.name} must be >= {self.minimum}, got {value}")
+        if self.maximum is not None and value > self.maximum:
+            raise InvalidParameter(self.name, f"{self.name} must be <= {self.maximum}, got {value}")
+        if self.choices is not None and value not in self.choices:
+            raise InvalidParameter(
+                self.name, f"{self.name} must be one of {', '.join(self.choices)}, got {value!r}"
+            )
+        return value
+
+    def describe(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "name": self.name,
+            "type": self.type.__name__,
+            "default": self.default,
+            "description": self.description,
+        }
+        if self.minimum is not None:
+            out["minimum"] = self.minimum
+        if self.maximum is not None:
+            out["maximum"] = self.maximum
+        if self.choices is not None:
+            out["choices"] = list(self.choices)
+        return out
+
+
+@dataclass(frozen=True)
+class StrategySpec:
+    """A strategy's public description: name, source, parameters."""
+
+    name: str
+    summary: str
+    source: str
+    parameters: tuple[ParameterSpec, ...] = field(default_factory=tuple)
+
+    def parse(self, given: Mapping[str, Any]) -> dict[str, Any]:
+        """Validate given parameters (names in snake_case) and fill in defaults."""
+        known = {p.name: p for p in self.parameters}
+        unknown = sorted(set(given) - set(known))
+        if unknown:
+            allowed = ", ".join(known) or "none"
+            raise InvalidParameter(
+                unknown[0], f"strategy {self.name!r} has no parameter {unknown[0]!r} "
+                f"(its parameters: {allowed})"
+            )
+        return {name: spec.parse(given[name]) if name in given else spec.default
+                for name, spec in known.items()}
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "summary": self.summary,
+            "source": self.source,
+            "parameters": [p.describe() for p in self.parameters],
+        }
