@@ -90,4 +90,7 @@ def check_config(config: ConfigOption = None) -> None:
 
 
 def main() -> None:
+    from gateway.bench import bench_app
+
+    cli.add_typer(bench_app, name="bench")
     cli()

@@ -1,0 +1,7 @@
+"""Benchmarks run from the command line: ``ttc-gateway bench ...``."""
+
+from __future__ import annotations
+
+import typer
+
+bench_app = typer.Typer(help="Benchmarks that print measured ratios.", no_args_is_help=True)
