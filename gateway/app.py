@@ -10,6 +10,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel
 
 from gateway import __version__
 from gateway.config import GatewaySettings
@@ -40,9 +41,15 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         await pools.start()
         for pool in pools.pools:
             healthy = sum(w.healthy for w in pool.workers)
-            log.info("pool %s (%s, model %s, roles %s): %d/%d workers ready", pool.name,
-                     pool.config.engine.value, pool.model,
-                     ",".join(r.value for r in pool.config.roles), healthy, len(pool.workers))
+            log.info(
+                "pool %s (%s, model %s, roles %s): %d/%d workers ready",
+                pool.name,
+                pool.config.engine.value,
+                pool.model,
+                ",".join(r.value for r in pool.config.roles),
+                healthy,
+                len(pool.workers),
+            )
         try:
             yield
         finally:
@@ -62,7 +69,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     return app
 
 
-_BODIES = {
+_BODIES: dict[str, type[BaseModel]] = {
     "/v1/chat/completions": ChatCompletionRequest,
     "/v1/completions": CompletionRequest,
 }
@@ -72,8 +79,9 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     """The generated schema, plus the request bodies the routes validate by hand."""
     if app.openapi_schema:
         return app.openapi_schema
-    schema = get_openapi(title=app.title, version=app.version, description=app.description,
-                         routes=app.routes)
+    schema = get_openapi(
+        title=app.title, version=app.version, description=app.description, routes=app.routes
+    )
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     for path, model in _BODIES.items():
         body = model.model_json_schema(ref_template="#/components/schemas/{model}")
@@ -81,8 +89,9 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         components[model.__name__] = body
         schema["paths"][path]["post"]["requestBody"] = {
             "required": True,
-            "content": {"application/json": {
-                "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}},
+            "content": {
+                "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}
+            },
         }
     app.openapi_schema = schema
     return schema

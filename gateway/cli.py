@@ -6,7 +6,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 import uvicorn
@@ -22,8 +22,12 @@ cli = typer.Typer(
 
 ConfigOption = Annotated[
     Path | None,
-    typer.Option("--config", "-c", envvar="TTC_CONFIG",
-                 help="YAML configuration (default: the embedded default, no file needed)."),
+    typer.Option(
+        "--config",
+        "-c",
+        envvar="TTC_CONFIG",
+        help="YAML configuration (default: the embedded default, no file needed).",
+    ),
 ]
 
 
@@ -55,27 +59,45 @@ def serve(
     from gateway.embedded import EmbeddedEngines
 
     settings = _load(config)
-    server = settings.server.model_copy(update={
-        k: v for k, v in {"host": host, "port": port, "workers": workers}.items() if v is not None
-    })
+    server = settings.server.model_copy(
+        update={
+            k: v
+            for k, v in {"host": host, "port": port, "workers": workers}.items()
+            if v is not None
+        }
+    )
     settings = settings.model_copy(update={"server": server})
     _configure_logging(server.log_level)
     log = logging.getLogger("ttc.serve")
     try:
         engines = EmbeddedEngines(settings)
         with engines as resolved:
-            log.info("ttc-gateway listening on http://%s:%d (OpenAI base_url: "
-                     "http://%s:%d/v1)", server.host, server.port, server.host, server.port)
-            uvicorn_options = dict(
-                host=server.host, port=server.port, log_level=server.log_level,
-                access_log=False, timeout_graceful_shutdown=30, loop="uvloop", http="httptools",
+            log.info(
+                "ttc-gateway listening on http://%s:%d (OpenAI base_url: http://%s:%d/v1)",
+                server.host,
+                server.port,
+                server.host,
+                server.port,
+            )
+            uvicorn_options: dict[str, Any] = dict(
+                host=server.host,
+                port=server.port,
+                log_level=server.log_level,
+                access_log=False,
+                timeout_graceful_shutdown=30,
+                loop="uvloop",
+                http="httptools",
             )
             if server.workers == 1:
-                uvicorn.run(create_app(resolved), **uvicorn_options)  # type: ignore[arg-type]
+                uvicorn.run(create_app(resolved), **uvicorn_options)
             else:
                 os.environ[SETTINGS_ENV] = resolved.model_dump_json()
-                uvicorn.run("gateway.app:app_from_environment", factory=True,
-                            workers=server.workers, **uvicorn_options)  # type: ignore[arg-type]
+                uvicorn.run(
+                    "gateway.app:app_from_environment",
+                    factory=True,
+                    workers=server.workers,
+                    **uvicorn_options,
+                )
     except (RuntimeError, FileNotFoundError) as exc:
         log.error("%s", exc)
         raise typer.Exit(1) from None

@@ -37,18 +37,34 @@ class EmbeddedLlamaCpp:
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        command = [sys.executable, "-m", "gateway.llamacpp_worker", "--port", str(self.port),
-                   "--parallel", str(self.config.parallel), "--context", str(self.config.context)]
+        command = [
+            sys.executable,
+            "-m",
+            "gateway.llamacpp_worker",
+            "--port",
+            str(self.port),
+            "--parallel",
+            str(self.config.parallel),
+            "--context",
+            str(self.config.context),
+        ]
         if self.config.model_path:
             command += ["--model", self.config.model_path]
         self._process = subprocess.Popen(
-            command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
             start_new_session=True,  # Ctrl-C reaches the gateway, which then stops us in order
         )
         deadline = time.monotonic() + self.config.startup_timeout_s
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                stderr = self._process.stderr.read().decode(errors="replace") if self._process.stderr else ""
+                stderr = (
+                    self._process.stderr.read().decode(errors="replace")
+                    if self._process.stderr
+                    else ""
+                )
                 raise RuntimeError(f"embedded llama.cpp exited at start-up:\n{stderr[-2000:]}")
             try:
                 with urllib.request.urlopen(self.url + "/health", timeout=1) as response:
@@ -80,7 +96,8 @@ class EmbeddedEngines:
         self.settings = settings
         self.engines: dict[str, EmbeddedLlamaCpp] = {
             pool.name: EmbeddedLlamaCpp(pool.embedded)
-            for pool in settings.pools if pool.embedded is not None
+            for pool in settings.pools
+            if pool.embedded is not None
         }
 
     def __enter__(self) -> GatewaySettings:
@@ -94,8 +111,12 @@ class EmbeddedEngines:
             raise
         return self.resolve()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         for engine in self.engines.values():
             engine.stop()
 
@@ -107,8 +128,15 @@ class EmbeddedEngines:
                 pools.append(pool)
                 continue
             slots = engine.config.parallel * 32  # llama.cpp queues beyond its slots
-            pools.append(pool.model_copy(update={
-                "embedded": None,
-                "workers": [*pool.workers, WorkerConfig(url=engine.url, max_in_flight=slots)],
-            }))
+            pools.append(
+                pool.model_copy(
+                    update={
+                        "embedded": None,
+                        "workers": [
+                            *pool.workers,
+                            WorkerConfig(url=engine.url, max_in_flight=slots),
+                        ],
+                    }
+                )
+            )
         return self.settings.model_copy(update={"pools": pools})

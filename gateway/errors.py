@@ -1,4 +1,4 @@
-"""OpenAI-style errors: every failure the client sees is ``{"error": {message, type, param, code}}``.
+"""OpenAI-style errors: every failure a client sees is ``{"error": {message, type, param, code}}``.
 
 A ``GatewayError`` raised anywhere below the routes becomes that body with its HTTP status.
 Anything else is logged with its traceback and answered as a plain 500, never with the traceback.
@@ -58,7 +58,9 @@ class GatewayError(Exception):
         )
 
 
-def invalid_request(message: str, param: str | None = None, code: str = "invalid_value") -> GatewayError:
+def invalid_request(
+    message: str, param: str | None = None, code: str = "invalid_value"
+) -> GatewayError:
     return GatewayError(400, message, param=param, code=code)
 
 

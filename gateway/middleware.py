@@ -51,6 +51,10 @@ class RequestIdMiddleware:
         finally:
             if self.access_log_enabled:
                 access_log.info(
-                    '%s "%s %s" %s %.1fms', request_id.decode(), scope["method"], scope["path"],
-                    status or "-", (time.perf_counter() - started) * 1000,
+                    '%s "%s %s" %s %.1fms',
+                    request_id.decode(),
+                    scope["method"],
+                    scope["path"],
+                    status or "-",
+                    (time.perf_counter() - started) * 1000,
                 )

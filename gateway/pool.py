@@ -96,9 +96,7 @@ class WorkerPool:
         self.request_timeout = aiohttp.ClientTimeout(
             total=None, connect=config.connect_timeout_s, sock_read=config.read_timeout_s
         )
-        self.auth_headers = (
-            {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
-        )
+        self.auth_headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
 
     # -- life cycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -194,7 +192,10 @@ class WorkerPool:
             worker.consecutive_failures = 0
         else:
             worker.consecutive_failures += 1
-            if worker.consecutive_failures >= self._health.failures_to_mark_down or not worker.healthy:
+            if (
+                worker.consecutive_failures >= self._health.failures_to_mark_down
+                or not worker.healthy
+            ):
                 self.mark_failed(worker, "health check failed")
         self._metrics.worker_healthy.labels(self.name, worker.name).set(1 if worker.healthy else 0)
 

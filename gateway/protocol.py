@@ -41,6 +41,9 @@ class _SamplingRequest(_Open):
     stream_options: StreamOptions | None = None
     ttc: dict[str, Any] | None = None
 
+    def requested_max_tokens(self) -> int | None:
+        return self.max_tokens
+
     @field_validator("stop")
     @classmethod
     def _at_most_four_stops(cls, value: str | list[str] | None) -> str | list[str] | None:
@@ -66,9 +69,6 @@ class CompletionRequest(_SamplingRequest):
     logprobs: int | None = Field(None, ge=0, le=20)
     echo: bool | None = None
 
-    def requested_max_tokens(self) -> int | None:
-        return self.max_tokens
-
 
 R = TypeVar("R", bound=_SamplingRequest)
 
@@ -91,7 +91,9 @@ def parse_request(model: type[R], body: Any, limits: LimitsConfig) -> R:
         param = _param_path(first["loc"])
         if first["type"] == "missing":
             raise invalid_request(
-                f"Missing required parameter: {param!r}", param=param, code="missing_required_parameter"
+                f"Missing required parameter: {param!r}",
+                param=param,
+                code="missing_required_parameter",
             ) from None
         raise invalid_request(f"Invalid value for {param!r}: {first['msg']}", param=param) from None
     if request.n > limits.max_n:

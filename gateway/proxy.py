@@ -79,7 +79,9 @@ class Upstream:
                 tried.append(worker)
                 if len(tried) < len(pool.workers):
                     continue
-                raise bad_gateway(f"worker {worker.name} of pool {pool.name} is unreachable") from None
+                raise bad_gateway(
+                    f"worker {worker.name} of pool {pool.name} is unreachable"
+                ) from None
             except BaseException as exc:
                 lease.release()
                 raise self._translate(pool, worker, exc) from None
@@ -101,10 +103,16 @@ class Upstream:
             return bad_gateway(f"worker {worker.name} failed: {message}")
         self._count_error(pool, worker, "http_4xx")
         if response.status == 429:
-            return GatewayError(429, f"worker is overloaded: {message}", type="rate_limit_error",
-                                code="upstream_overloaded", headers={"Retry-After": "1"})
-        return GatewayError(response.status if response.status != 404 else 400, message,
-                            code="upstream_rejected")
+            return GatewayError(
+                429,
+                f"worker is overloaded: {message}",
+                type="rate_limit_error",
+                code="upstream_overloaded",
+                headers={"Retry-After": "1"},
+            )
+        return GatewayError(
+            response.status if response.status != 404 else 400, message, code="upstream_rejected"
+        )
 
     def _translate(self, pool: WorkerPool, worker: Worker, exc: BaseException) -> BaseException:
         """Map a transport failure to the client's error; let cancellations through."""
@@ -115,8 +123,9 @@ class Upstream:
             return gateway_timeout(f"worker {worker.name} did not answer in time")
         if isinstance(exc, aiohttp.ClientError | orjson.JSONDecodeError | ValueError):
             self._count_error(pool, worker, "protocol")
-            return bad_gateway(f"worker {worker.name} broke the connection or the protocol: "
-                               f"{type(exc).__name__}")
+            return bad_gateway(
+                f"worker {worker.name} broke the connection or the protocol: {type(exc).__name__}"
+            )
         return exc
 
     def _count_error(self, pool: WorkerPool, worker: Worker, kind: str) -> None:
@@ -144,11 +153,14 @@ class Upstream:
             lease.release()
         result["model"] = pool.model
         usage = result.get("usage") or {}
-        self._count_tokens(pool, Usage(
-            prompt_tokens=int(usage.get("prompt_tokens") or 0),
-            completion_tokens=int(usage.get("completion_tokens") or 0),
-            cached_tokens=(usage.get("prompt_tokens_details") or {}).get("cached_tokens"),
-        ))
+        self._count_tokens(
+            pool,
+            Usage(
+                prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                completion_tokens=int(usage.get("completion_tokens") or 0),
+                cached_tokens=(usage.get("prompt_tokens_details") or {}).get("cached_tokens"),
+            ),
+        )
         return result
 
     async def _complete_via_stream(
@@ -218,20 +230,31 @@ class Upstream:
                         )
                     yield encode_event(chunk)
             if wants_usage:
-                yield encode_event({
-                    "id": tally.id, "object": "chat.completion.chunk" if ctx.endpoint == "chat"
-                    else "text_completion", "created": tally.created, "model": pool.model,
-                    "choices": [], "usage": tally.usage().as_openai(),
-                })
+                yield encode_event(
+                    {
+                        "id": tally.id,
+                        "object": "chat.completion.chunk"
+                        if ctx.endpoint == "chat"
+                        else "text_completion",
+                        "created": tally.created,
+                        "model": pool.model,
+                        "choices": [],
+                        "usage": tally.usage().as_openai(),
+                    }
+                )
             yield encode_done()
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             error = self._translate(pool, worker, exc)
             message = error.message if isinstance(error, GatewayError) else str(error)
             log.warning("stream %s from %s broke: %s", ctx.request_id, worker.name, message)
-            yield encode_event(GatewayError(
-                502 if not isinstance(exc, TimeoutError) else 504, message,
-                type="upstream_error", code="stream_interrupted",
-            ).body())
+            yield encode_event(
+                GatewayError(
+                    502 if not isinstance(exc, TimeoutError) else 504,
+                    message,
+                    type="upstream_error",
+                    code="stream_interrupted",
+                ).body()
+            )
             yield encode_done()
         finally:
             if tally.completed:

@@ -50,22 +50,26 @@ async def read_json_body(request: Request, limit: int) -> Any:
     """The decoded body, or 413 when larger than ``limit`` bytes, or 400 when not JSON."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise GatewayError(413, f"request body is larger than {limit} bytes",
-                           code="request_too_large")
+        raise GatewayError(
+            413, f"request body is larger than {limit} bytes", code="request_too_large"
+        )
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
-            raise GatewayError(413, f"request body is larger than {limit} bytes",
-                               code="request_too_large")
+            raise GatewayError(
+                413, f"request body is larger than {limit} bytes", code="request_too_large"
+            )
     if not body:
-        raise invalid_request("The request body is empty; expected a JSON object",
-                              code="invalid_json")
+        raise invalid_request(
+            "The request body is empty; expected a JSON object", code="invalid_json"
+        )
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise invalid_request(f"The request body is not valid JSON: {exc}",
-                              code="invalid_json") from None
+        raise invalid_request(
+            f"The request body is not valid JSON: {exc}", code="invalid_json"
+        ) from None
 
 
 def select_strategy(
@@ -80,7 +84,7 @@ def select_strategy(
             if key == STRATEGY_HEADER:
                 name = value
             else:
-                given[key[len(PARAM_HEADER_PREFIX):].replace("-", "_")] = value
+                given[key[len(PARAM_HEADER_PREFIX) :].replace("-", "_")] = value
     if not isinstance(name, str):
         raise invalid_request("ttc.strategy must be a string", param="ttc.strategy")
     return name, given
@@ -100,16 +104,19 @@ async def _sampling(request: Request, endpoint: str) -> Response:
         body = await read_json_body(request, state.settings.limits.max_body_bytes)
         parsed = parse_request(
             ChatCompletionRequest if endpoint == "chat" else CompletionRequest,
-            body, state.settings.limits,
+            body,
+            state.settings.limits,
         )
-        name, raw_params = select_strategy(request.headers, parsed.ttc,
-                                           state.settings.default_strategy)
+        name, raw_params = select_strategy(
+            request.headers, parsed.ttc, state.settings.default_strategy
+        )
         try:
             spec = get_strategy(name)
             spec.parse(raw_params)
         except UnknownStrategy as exc:
-            raise invalid_request(str(exc), param="X-TTC-Strategy",
-                                  code="unknown_strategy") from None
+            raise invalid_request(
+                str(exc), param="X-TTC-Strategy", code="unknown_strategy"
+            ) from None
         except InvalidParameter as exc:
             raise invalid_request(str(exc), param=f"X-TTC-{exc.param}") from None
         ctx.strategy = spec.name
@@ -121,9 +128,11 @@ async def _sampling(request: Request, endpoint: str) -> Response:
             relay = await state.upstream.stream(pool, ctx, forward)
             status = 200
             return DisconnectAwareStream(
-                relay, headers=headers,
+                relay,
+                headers=headers,
                 on_disconnect=lambda: state.metrics.client_disconnects.labels(
-                    model, endpoint).inc(),
+                    model, endpoint
+                ).inc(),
             )
         result = await cancel_on_disconnect(
             request.receive, state.upstream.complete(pool, ctx, forward, parsed.n)
@@ -141,11 +150,11 @@ async def _sampling(request: Request, endpoint: str) -> Response:
         metrics = state.metrics
         metrics.requests.labels(ctx.strategy, model, endpoint, str(status)).inc()
         metrics.request_duration.labels(ctx.strategy, model, endpoint).observe(
-            time.perf_counter() - ctx.arrived)
+            time.perf_counter() - ctx.arrived
+        )
 
 
-@router.post("/v1/chat/completions", summary="Create a chat completion",
-             tags=["OpenAI"])
+@router.post("/v1/chat/completions", summary="Create a chat completion", tags=["OpenAI"])
 async def chat_completions(request: Request) -> Response:
     return await _sampling(request, "chat")
 
@@ -187,8 +196,7 @@ async def ready(request: Request) -> Response:
             "engine": pool.config.engine.value,
             "roles": [r.value for r in pool.config.roles],
             "workers": [
-                {"url": w.url, "healthy": w.healthy, "in_flight": w.in_flight}
-                for w in pool.workers
+                {"url": w.url, "healthy": w.healthy, "in_flight": w.in_flight} for w in pool.workers
             ],
         }
         for pool in state.pools.pools
@@ -203,5 +211,6 @@ async def ready(request: Request) -> Response:
 
 @router.get("/metrics", summary="Prometheus metrics", tags=["Operations"])
 async def metrics(request: Request) -> Response:
-    return Response(generate_latest(_state(request).metrics.registry),
-                    media_type=CONTENT_TYPE_LATEST)
+    return Response(
+        generate_latest(_state(request).metrics.registry), media_type=CONTENT_TYPE_LATEST
+    )

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
-import aiohttp
 import orjson
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -37,10 +36,11 @@ def encode_comment(text: str) -> bytes:
     return b": " + text.encode() + b"\n\n"
 
 
-async def iter_sse_data(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
-    """Yield the ``data`` payload of each event of an SSE body (``[DONE]`` included)."""
+async def iter_sse_data(lines: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+    """Yield the ``data`` payload of each event of an SSE body (``[DONE]`` included), given its
+    lines (an ``aiohttp.StreamReader`` iterates by line)."""
     parts: list[bytes] = []
-    async for raw in content:
+    async for raw in lines:
         line = raw.rstrip(b"\r\n")
         if not line:
             if parts:

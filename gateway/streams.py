@@ -138,7 +138,9 @@ def _logprob_entries(logprobs: Any) -> list[Any]:
 
 def _merge_tool_call(calls: dict[int, dict[str, Any]], delta: dict[str, Any]) -> None:
     index = int(delta.get("index", len(calls)))
-    call = calls.setdefault(index, {"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
+    call = calls.setdefault(
+        index, {"id": None, "type": "function", "function": {"name": "", "arguments": ""}}
+    )
     if delta.get("id"):
         call["id"] = delta["id"]
     if delta.get("type"):

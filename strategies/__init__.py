@@ -19,4 +19,11 @@ def get_strategy(name: str) -> StrategySpec:
         raise UnknownStrategy(name, sorted(REGISTRY)) from None
 
 
-__all__ = ["REGISTRY", "InvalidParameter", "ParameterSpec", "StrategySpec", "UnknownStrategy", "get_strategy"]
+__all__ = [
+    "REGISTRY",
+    "InvalidParameter",
+    "ParameterSpec",
+    "StrategySpec",
+    "UnknownStrategy",
+    "get_strategy",
+]

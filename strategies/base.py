@@ -92,11 +92,14 @@ class StrategySpec:
         if unknown:
             allowed = ", ".join(known) or "none"
             raise InvalidParameter(
-                unknown[0], f"strategy {self.name!r} has no parameter {unknown[0]!r} "
-                f"(its parameters: {allowed})"
+                unknown[0],
+                f"strategy {self.name!r} has no parameter {unknown[0]!r} "
+                f"(its parameters: {allowed})",
             )
-        return {name: spec.parse(given[name]) if name in given else spec.default
-                for name, spec in known.items()}
+        return {
+            name: spec.parse(given[name]) if name in given else spec.default
+            for name, spec in known.items()
+        }
 
     def describe(self) -> dict[str, Any]:
         return {

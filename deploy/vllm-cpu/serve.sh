@@ -30,6 +30,11 @@ MODEL_DIR="${VLLM_MODEL_DIR:-.cache/smol_hf}"
 [[ -x "$VENV/bin/python" ]] || { echo "no venv at $VENV: run deploy/vllm-cpu/setup.sh" >&2; exit 1; }
 [[ -f "$MODEL_DIR/config.json" ]] || { echo "no model at $MODEL_DIR: run deploy/vllm-cpu/setup.sh" >&2; exit 1; }
 
+# Fail fast if the port is taken (vLLM would only notice after loading the model).
+if (exec 3<>"/dev/tcp/$HOST/$PORT") 2>/dev/null; then
+  echo "something is already listening on $HOST:$PORT" >&2; exit 1
+fi
+
 export VLLM_TARGET_DEVICE=cpu
 export VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-2}"
 export HF_HUB_OFFLINE=1

@@ -1,0 +1,88 @@
+"""What a stand-in engine answers: per-sample text and timing, or a failure mode.
+
+A ``Script`` is plain data, so it can be set in-process (``StandinEngine.script = ...``) or sent
+as JSON to ``POST /standin/script`` of a stand-in running in another process
+(``Script.from_json`` / ``Script.to_json``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+_TOKEN = re.compile(r"\s*\S+|\s+")
+
+
+def split_tokens(text: str) -> list[str]:
+    """Split text into word tokens that keep their leading whitespace ("a b" -> "a", " b")."""
+    return _TOKEN.findall(text)
+
+
+@dataclass
+class SampleScript:
+    """One choice (sample) of a completion.
+
+    ``text`` is a list of tokens, or a string split into word tokens; ``None`` means the
+    default text derived from the prompt. ``finish_reason`` overrides the natural one
+    ("stop" at the end of the text, "length" at ``max_tokens``). ``logprobs`` gives the
+    chosen token's log-probability per token (default: a fixed deterministic pattern).
+    """
+
+    text: str | list[str] | None = None
+    token_delay_s: float = 0.0
+    first_token_delay_s: float | None = None
+    finish_reason: str | None = None
+    logprobs: list[float] | None = None
+
+    def tokens(self) -> list[str] | None:
+        if self.text is None:
+            return None
+        if isinstance(self.text, str):
+            return split_tokens(self.text)
+        return list(self.text)
+
+
+@dataclass
+class Script:
+    """How the stand-in answers every request until the script is changed.
+
+    ``samples[i]`` scripts choice ``i``; choices beyond the list reuse the last entry.
+    Failure modes, checked in this order: ``status`` (an HTTP error in the engine's error
+    shape, message ``error_message``), ``hang`` (never answer; only a disconnect ends it),
+    ``malformed`` (invalid JSON, or a broken SSE event after the first chunks),
+    ``die_after_chunks`` (streams only: close the connection abruptly after that many SSE
+    events; with ``die_cleanly`` end the HTTP body properly but without ``[DONE]``).
+    ``health_status`` is what ``GET /health`` answers.
+    """
+
+    samples: list[SampleScript] = field(default_factory=list)
+    status: int | None = None
+    error_message: str = "scripted failure"
+    hang: bool = False
+    malformed: bool = False
+    die_after_chunks: int | None = None
+    die_cleanly: bool = False
+    health_status: int = 200
+
+    @classmethod
+    def text(cls, *texts: str | list[str], token_delay_s: float = 0.0) -> Script:
+        """One sample per text, all with the same per-token delay."""
+        return cls(samples=[SampleScript(t, token_delay_s=token_delay_s) for t in texts])
+
+    def sample(self, index: int) -> SampleScript:
+        if not self.samples:
+            return SampleScript()
+        return self.samples[min(index, len(self.samples) - 1)]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Script:
+        known = set(cls.__dataclass_fields__)
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown script fields: {sorted(unknown)}")
+        samples = [SampleScript(**s) for s in data.get("samples") or []]
+        return cls(**{**data, "samples": samples})

@@ -1,0 +1,41 @@
+"""``ttc-gateway serve`` with no configuration: the README's first command."""
+
+from __future__ import annotations
+
+import signal
+import socket
+
+import openai
+import pytest
+
+from tests.processes import gateway_cli
+
+pytestmark = pytest.mark.llamacpp
+
+
+def _port_open(url: str) -> bool:
+    host, port = url.split("://", 1)[1].rsplit(":", 1)
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, int(port))) == 0
+
+
+def test_serve_without_configuration_runs_the_embedded_worker_and_stops_cleanly() -> None:
+    with gateway_cli(None) as (url, process):
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+        assert [m.id for m in client.models.list().data] == ["smollm2-135m-instruct"]
+        answer = client.chat.completions.create(
+            model="smollm2-135m-instruct",
+            messages=[{"role": "user", "content": "Say hello."}],
+            max_tokens=8,
+        )
+        assert answer.choices[0].message.content
+        worker_url = client._client.get(url + "/ready").json()["pools"][0]["workers"][0]["url"]
+        assert _port_open(worker_url)
+        process.send_signal(signal.SIGINT)  # Ctrl-C
+        assert process.wait(timeout=20) == 0
+        log = process.stdout.read().decode() if process.stdout else ""
+    assert "listening on http://127.0.0.1:" in log
+    assert "1/1 workers ready" in log
+    assert "ttc-gateway stopped" in log
+    assert not _port_open(worker_url), "the embedded llama.cpp worker outlived the gateway"

@@ -1,0 +1,140 @@
+"""Start real processes for tests: llama.cpp workers and the gateway's own CLI.
+
+Each helper waits for readiness by polling an HTTP endpoint with a deadline and always stops
+what it started, so a failing test never leaves a process behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_http_ok(
+    url: str, timeout_s: float, process: subprocess.Popen[bytes] | None = None
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    last = ""
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            out = process.stdout.read().decode(errors="replace") if process.stdout else ""
+            raise RuntimeError(
+                f"process exited with {process.returncode} before {url} was up:\n{out[-3000:]}"
+            )
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError) as exc:
+            last = str(exc)
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} not ready after {timeout_s}s ({last})")
+
+
+def stop_process(
+    process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout_s: float = 15
+) -> int:
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
+@contextlib.contextmanager
+def llamacpp_worker(
+    parallel: int = 8, context: int = 8192
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A real llama.cpp server (xllamacpp + SmolLM2-135M) in its own process."""
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gateway.llamacpp_worker",
+            "--port",
+            str(port),
+            "--parallel",
+            str(parallel),
+            "--context",
+            str(context),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http_ok(url + "/health", 90, process)
+        yield url, process
+    finally:
+        stop_process(process)
+
+
+@contextlib.contextmanager
+def gateway_cli(
+    config: dict[str, Any] | None,
+    *extra_args: str,
+    env: dict[str, str] | None = None,
+    timeout_s: float = 90,
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``ttc-gateway serve`` exactly as a user runs it, in a subprocess; stopped with Ctrl-C."""
+    port = free_port()
+    args = [sys.executable, "-m", "gateway", "serve", "--port", str(port), *extra_args]
+    with tempfile.TemporaryDirectory() as tmp:
+        if config is not None:
+            path = Path(tmp) / "gateway.yaml"
+            path.write_text(yaml.safe_dump(config))
+            args += ["--config", str(path)]
+        process = subprocess.Popen(
+            args,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            cwd=tmp,
+            env={**os.environ, **(env or {})},
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_http_ok(url + "/ready", timeout_s, process)
+            yield url, process
+        finally:
+            stop_process(process, signal.SIGINT)
+
+
+def llamacpp_pool(url: str, **overrides: Any) -> dict[str, Any]:
+    return {
+        "name": "llama",
+        "engine": "llamacpp",
+        "model": "smollm2",
+        "workers": [{"url": url}],
+        **overrides,
+    }
+
+
+def quiet_server() -> dict[str, Any]:
+    return {"log_level": "warning", "access_log": False}

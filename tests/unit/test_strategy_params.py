@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import pytest
+from starlette.datastructures import Headers
+
+from gateway.routes import select_strategy
+from strategies import InvalidParameter, UnknownStrategy, get_strategy
+from strategies.base import ParameterSpec, StrategySpec
+
+SPEC = StrategySpec(
+    name="demo",
+    summary="",
+    source="",
+    parameters=(
+        ParameterSpec("k", int, 8, "samples", minimum=1, maximum=64),
+        ParameterSpec("threshold", float, 0.5, "", minimum=0, maximum=1),
+        ParameterSpec("method", str, "mean", "", choices=("mean", "quantile")),
+        ParameterSpec("verbose", bool, False, ""),
+    ),
+)
+
+
+def test_header_wins_over_body_and_body_over_default() -> None:
+    headers = Headers({"x-ttc-strategy": "a", "x-ttc-k": "4", "x-ttc-max-tokens-total": "9"})
+    name, params = select_strategy(headers, {"strategy": "b", "k": 2, "m": 1}, "single")
+    assert name == "a"
+    assert params == {"k": "4", "m": 1, "max_tokens_total": "9"}
+    assert select_strategy(Headers({}), {"strategy": "b"}, "single")[0] == "b"
+    assert select_strategy(Headers({}), None, "single") == ("single", {})
+
+
+def test_parameters_are_typed_and_defaulted() -> None:
+    assert SPEC.parse({"k": "3", "verbose": "true"}) == {
+        "k": 3,
+        "threshold": 0.5,
+        "method": "mean",
+        "verbose": True,
+    }
+
+
+@pytest.mark.parametrize(
+    ("given", "param"),
+    [
+        ({"k": "0"}, "k"),
+        ({"k": "65"}, "k"),
+        ({"k": "2.5"}, "k"),
+        ({"k": 2.5}, "k"),
+        ({"threshold": "x"}, "threshold"),
+        ({"method": "median"}, "method"),
+        ({"verbose": "maybe"}, "verbose"),
+        ({"kk": 1}, "kk"),
+    ],
+)
+def test_bad_parameter_is_named(given: dict[str, object], param: str) -> None:
+    with pytest.raises(InvalidParameter) as caught:
+        SPEC.parse(given)
+    assert caught.value.param == param
+
+
+def test_registry() -> None:
+    assert get_strategy("single").name == "single"
+    with pytest.raises(UnknownStrategy, match="known strategies: single"):
+        get_strategy("nope")
