@@ -33,6 +33,7 @@ def default_model_path() -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default=None, help="GGUF file (default: SmolLM2-135M)")
+    parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve other hosts")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--parallel", type=int, default=8)
     parser.add_argument("--context", type=int, default=8192)
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     params.n_parallel = args.parallel
     params.n_ctx = args.context
     params.port = args.port
+    params.hostnames = [args.host]
     params.endpoint_metrics = True
     server = xlc.Server(params)
     print(f"llama.cpp listening on {server.listening_address}", flush=True)

@@ -89,8 +89,8 @@ class GatewayMetrics:
         )
         self.overhead = Histogram(
             "ttc_gateway_overhead_seconds",
-            "Time spent in the gateway itself: request arrival to upstream send, plus upstream "
-            "answer to response (non-streaming requests)",
+            "Time spent in the gateway itself on non-streaming requests: end-to-end time minus "
+            "the time spent waiting on workers",
             ["strategy"],
             buckets=OVERHEAD_BUCKETS,
             registry=r,

@@ -43,6 +43,10 @@ class RequestContext:
     strategy: str
     arrived: float = field(default_factory=time.perf_counter)
     deadline_s: float = 600.0
+    upstream_s: float = 0.0  # time spent waiting on workers, for the overhead metric
+
+    def remaining_s(self) -> float:
+        return self.deadline_s - (time.perf_counter() - self.arrived)
 
     @property
     def path(self) -> str:
@@ -65,13 +69,15 @@ class Upstream:
             lease = pool.lease(exclude=tried)
             worker = lease.worker
             payload = pool.adapter.prepare(dict(body), pool.upstream_model, ctx.request_id)
+            sent = time.perf_counter()
             try:
-                response = await pool.session.post(
-                    worker.url + ctx.path,
-                    data=orjson.dumps(payload),
-                    headers={**JSON_HEADERS, **pool.auth_headers},
-                    timeout=pool.request_timeout,
-                )
+                async with asyncio.timeout(ctx.remaining_s()):
+                    response = await pool.session.post(
+                        worker.url + ctx.path,
+                        data=orjson.dumps(payload),
+                        headers={**JSON_HEADERS, **pool.auth_headers},
+                        timeout=pool.request_timeout,
+                    )
             except aiohttp.ClientConnectorError as exc:
                 lease.release()
                 self._count_error(pool, worker, "connect")
@@ -85,6 +91,7 @@ class Upstream:
             except BaseException as exc:
                 lease.release()
                 raise self._translate(pool, worker, exc) from None
+            ctx.upstream_s += time.perf_counter() - sent
             if response.status >= 400:
                 lease.release()
                 raise await self._http_error(pool, worker, response)
@@ -140,8 +147,10 @@ class Upstream:
             return await self._complete_via_stream(pool, ctx, body)
         lease, response = await self.open(pool, ctx, body)
         try:
-            async with asyncio.timeout(ctx.deadline_s - (time.perf_counter() - ctx.arrived)):
+            reading = time.perf_counter()
+            async with asyncio.timeout(ctx.remaining_s()):
                 raw = await response.read()
+            ctx.upstream_s += time.perf_counter() - reading
             result = orjson.loads(raw)
             if not isinstance(result, dict) or "choices" not in result:
                 raise ValueError("answer has no choices")
@@ -170,7 +179,7 @@ class Upstream:
         tally = StreamTally(pool.adapter.usage_counts_all_choices)
         lease, response = await self.open(pool, ctx, streamed)
         try:
-            async with asyncio.timeout(ctx.deadline_s - (time.perf_counter() - ctx.arrived)):
+            async with asyncio.timeout(ctx.remaining_s()):
                 await self._consume(response, tally)
         except BaseException as exc:
             response.close()
@@ -208,7 +217,7 @@ class Upstream:
         worker = lease.worker
         ttft_recorded = False
         try:
-            async with asyncio.timeout(ctx.deadline_s - (time.perf_counter() - ctx.arrived)):
+            async with asyncio.timeout(ctx.remaining_s()):
                 async for data in iter_sse_data(response.content):
                     if data == DONE:
                         tally.completed = True

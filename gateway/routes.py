@@ -138,7 +138,11 @@ async def _sampling(request: Request, endpoint: str) -> Response:
             request.receive, state.upstream.complete(pool, ctx, forward, parsed.n)
         )
         status = 200
-        return Response(orjson.dumps(result), media_type="application/json", headers=headers)
+        response = Response(orjson.dumps(result), media_type="application/json", headers=headers)
+        state.metrics.overhead.labels(spec.name).observe(
+            time.perf_counter() - ctx.arrived - ctx.upstream_s
+        )
+        return response
     except GatewayError as exc:
         status = exc.status
         raise
