@@ -63,7 +63,7 @@ def answer_region(text: str) -> str:
     Reasoning models often box a tentative answer inside the thinking too; the one after the
     thinking is the one the model commits to.
     """
-    head, sep, tail = text.rpartition(_THINK_END)
+    _, sep, tail = text.rpartition(_THINK_END)
     return tail if sep else text
 
 
@@ -107,32 +107,33 @@ def _last_boxed(text: str) -> str | None:
     return None
 
 
+def _last(matches: list[str]) -> str | None:
+    return matches[-1] if matches else None
+
+
 def _after_answer_is(text: str) -> str | None:
     """(b) The sentence after the last "the answer is" / "final answer is"."""
-    *_, last = (None, *_ANSWER_IS.finditer(text))
-    if last is None:
+    matches = list(_ANSWER_IS.finditer(text))
+    if not matches:
         return None
-    rest = _SENTENCE_END.split(text[last.end() :].lstrip(), maxsplit=1)[0]
+    rest = _SENTENCE_END.split(text[matches[-1].end() :].lstrip(), maxsplit=1)[0]
     # Markdown emphasis around the answer: "The answer is **42**."
     return rest.strip().strip("*").strip()
 
 
 def _gsm8k_number(text: str) -> str | None:
     """(c) The number after the last ``#### ``."""
-    *_, last = (None, *_GSM8K.findall(text))
-    return last
+    return _last(_GSM8K.findall(text))
 
 
 def _bold_choice(text: str) -> str | None:
     """(d) The last bold multiple-choice letter."""
-    *_, last = (None, *_BOLD_CHOICE.findall(text))
-    return last
+    return _last(_BOLD_CHOICE.findall(text))
 
 
 def _last_number(text: str) -> str | None:
     """(e) The last number, thousands commas removed."""
-    *_, last = (None, *_NUMBER.findall(text.replace(",", "")))
-    return last
+    return _last(_NUMBER.findall(text.replace(",", "")))
 
 
 _RULES = (_last_boxed, _after_answer_is, _gsm8k_number, _bold_choice, _last_number)
@@ -283,7 +284,7 @@ def answer_key(text: str) -> str | None:
 
 def gsm8k_gold(answer_field: str) -> str:
     """The key of a GSM8K ``answer`` field: the normalised text after its last ``####``."""
-    head, sep, gold = answer_field.rpartition("####")
+    _, sep, gold = answer_field.rpartition("####")
     if not sep:
         raise ValueError("GSM8K answer field has no '####' line")
     return normalize_answer(gold)
