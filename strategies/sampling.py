@@ -1,0 +1,69 @@
+"""The seam between strategies and the gateway: what a strategy may ask of the worker pools.
+
+A strategy never sees HTTP, workers or engines. It asks a ``Sampler`` to start ``k`` samples of a
+prompt on a role's pool and reads one merged stream of ``SampleDelta`` events from the returned
+``SampleBatch``; it cancels one sample or all of them the moment its decision is made. The gateway
+decides placement (one request with ``n=k`` on one worker where possible, so the engine prefills
+the prompt once; separate requests only where a sample must be cancelled alone), counts every
+token of every sample, aborted ones included, and attaches that usage to the response.
+
+This keeps each strategy testable without HTTP: a scripted sampler is all a unit test needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+RoleName = Literal["small", "large", "judge"]
+
+
+@dataclass(frozen=True)
+class SampleRequest:
+    """What to sample: chat ``messages`` or a raw ``prompt`` the strategy rendered itself
+    (step-wise strategies continue text where chat templates are unreliable), plus the
+    client's sampling parameters (``temperature``, ``max_tokens``, ``stop``, ``logprobs``...)."""
+
+    messages: list[dict[str, Any]] | None = None
+    prompt: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    sticky_key: str | None = None  # keep every call with this key on the same worker
+
+
+@dataclass(frozen=True)
+class SampleDelta:
+    """New output of one sample. The last event of a sample has ``finish_reason`` set
+    (``stop``, ``length``, or ``abort`` when the strategy or a deadline cancelled it)."""
+
+    sample: int
+    text: str
+    tokens: int
+    logprobs: tuple[float, ...] = ()
+    top_logprobs: tuple[dict[str, float], ...] = ()
+    finish_reason: str | None = None
+
+
+class SampleBatch(Protocol):
+    """k running samples of one prompt."""
+
+    k: int
+
+    def events(self) -> AsyncIterator[SampleDelta]:
+        """Every sample's deltas as they arrive, merged, until all samples have finished."""
+        ...
+
+    async def cancel(self, samples: Iterable[int] | None = None) -> None:
+        """Stop the given samples (all when None); their tokens so far stay counted."""
+        ...
+
+
+class Sampler(Protocol):
+    """Starts samples on the pool playing ``role``."""
+
+    async def start(
+        self, request: SampleRequest, k: int, role: RoleName, *, independent: bool = False
+    ) -> SampleBatch:
+        """Launch ``k`` samples. ``independent=True`` asks for one upstream request per sample,
+        for strategies that must cancel samples one at a time."""
+        ...
