@@ -89,7 +89,10 @@ class Upstream:
                     f"worker {worker.name} of pool {pool.name} is unreachable"
                 ) from None
             except BaseException as exc:
+                # The body may have reached the engine (cancelled or timed out while waiting
+                # for its answer): make sure it stops.
                 lease.release()
+                await asyncio.shield(pool.adapter.abort(pool.session, worker.url, ctx.request_id))
                 raise self._translate(pool, worker, exc) from None
             ctx.upstream_s += time.perf_counter() - sent
             if response.status >= 400:
@@ -135,6 +138,18 @@ class Upstream:
             )
         return exc
 
+    async def _abort(
+        self,
+        pool: WorkerPool,
+        ctx: RequestContext,
+        worker: Worker,
+        response: aiohttp.ClientResponse,
+    ) -> None:
+        """Stop the worker's generation: close the connection (vLLM and llama.cpp abort on
+        disconnect), then whatever else the engine needs (SGLang's ``/abort_request``)."""
+        response.close()
+        await asyncio.shield(pool.adapter.abort(pool.session, worker.url, ctx.request_id))
+
     def _count_error(self, pool: WorkerPool, worker: Worker, kind: str) -> None:
         self.metrics.upstream_errors.labels(pool.name, worker.name, kind).inc()
 
@@ -155,7 +170,7 @@ class Upstream:
             if not isinstance(result, dict) or "choices" not in result:
                 raise ValueError("answer has no choices")
         except BaseException as exc:
-            response.close()
+            await self._abort(pool, ctx, lease.worker, response)
             raise self._translate(pool, lease.worker, exc) from None
         finally:
             response.release()
@@ -182,7 +197,7 @@ class Upstream:
             async with asyncio.timeout(ctx.remaining_s()):
                 await self._consume(response, tally)
         except BaseException as exc:
-            response.close()
+            await self._abort(pool, ctx, lease.worker, response)
             raise self._translate(pool, lease.worker, exc) from None
         finally:
             response.release()
@@ -238,6 +253,8 @@ class Upstream:
                             time.perf_counter() - ctx.arrived
                         )
                     yield encode_event(chunk)
+            if not tally.completed:
+                raise aiohttp.ClientPayloadError("the worker ended the stream without [DONE]")
             if wants_usage:
                 yield encode_event(
                     {
@@ -269,8 +286,7 @@ class Upstream:
             if tally.completed:
                 response.release()
             else:
-                response.close()  # the engine sees the disconnect and aborts the generation
-                await asyncio.shield(pool.adapter.abort(pool.session, worker.url, ctx.request_id))
+                await self._abort(pool, ctx, worker, response)
             lease.release()
             self._count_tokens(pool, tally.usage())
 

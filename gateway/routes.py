@@ -23,7 +23,14 @@ from gateway.pool import PoolRegistry
 from gateway.protocol import ChatCompletionRequest, CompletionRequest, parse_request
 from gateway.proxy import RequestContext, Upstream
 from gateway.sse import ClientDisconnected, DisconnectAwareStream, cancel_on_disconnect
-from strategies import REGISTRY, InvalidParameter, UnknownStrategy, get_strategy
+from strategies import (
+    REGISTRY,
+    Budgets,
+    InvalidParameter,
+    UnknownStrategy,
+    get_strategy,
+    split_budgets,
+)
 
 router = APIRouter()
 
@@ -72,22 +79,53 @@ async def read_json_body(request: Request, limit: int) -> Any:
         ) from None
 
 
+@dataclass
+class StrategyChoice:
+    """The strategy a request asked for, its raw parameters, and where each came from (the
+    header or body field to name in an error)."""
+
+    name: str
+    params: dict[str, Any]
+    origins: dict[str, str]
+
+
 def select_strategy(
     headers: Headers, body_ttc: dict[str, Any] | None, default: str
-) -> tuple[str, dict[str, Any]]:
-    """Strategy name and raw parameters: headers win over the body's ``ttc``, which wins over
-    the configured default. ``X-TTC-Max-Tokens-Total`` becomes ``max_tokens_total``."""
-    given: dict[str, Any] = {k: v for k, v in (body_ttc or {}).items() if k != "strategy"}
-    name = (body_ttc or {}).get("strategy", default)
+) -> StrategyChoice:
+    """Headers win over the body's ``ttc``, which wins over the configured default.
+    ``X-TTC-Max-Tokens-Total`` becomes the parameter ``max_tokens_total``."""
+    body_ttc = body_ttc or {}
+    params = {k: v for k, v in body_ttc.items() if k != "strategy"}
+    origins = {k: f"ttc.{k}" for k in params}
+    name = body_ttc.get("strategy", default)
     for key, value in headers.items():
         if key.startswith(PARAM_HEADER_PREFIX):
             if key == STRATEGY_HEADER:
                 name = value
             else:
-                given[key[len(PARAM_HEADER_PREFIX) :].replace("-", "_")] = value
+                param = key[len(PARAM_HEADER_PREFIX) :].replace("-", "_")
+                params[param] = value
+                origins[param] = "X-TTC-" + "-".join(w.capitalize() for w in param.split("_"))
     if not isinstance(name, str):
         raise invalid_request("ttc.strategy must be a string", param="ttc.strategy")
-    return name, given
+    return StrategyChoice(name, params, origins)
+
+
+def apply_budgets(budgets: Budgets, body: dict[str, Any], n: int, ctx: RequestContext) -> None:
+    """Enforce what a pass-through can: the deadline, and a token total shared by the n
+    samples. (``max_cost_usd`` is validated; it is enforced once prices are configured.)"""
+    if budgets.deadline_ms is not None:
+        ctx.deadline_s = min(ctx.deadline_s, budgets.deadline_ms / 1000)
+    if budgets.max_tokens_total is not None:
+        if budgets.max_tokens_total < n:
+            raise invalid_request(
+                f"X-TTC-Max-Tokens-Total={budgets.max_tokens_total} cannot give each of the "
+                f"n={n} samples one token",
+                param="X-TTC-Max-Tokens-Total",
+            )
+        field = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+        share = budgets.max_tokens_total // n
+        body[field] = min(body.get(field) or share, share)
 
 
 async def _sampling(request: Request, endpoint: str) -> Response:
@@ -107,22 +145,24 @@ async def _sampling(request: Request, endpoint: str) -> Response:
             body,
             state.settings.limits,
         )
-        name, raw_params = select_strategy(
-            request.headers, parsed.ttc, state.settings.default_strategy
-        )
+        choice = select_strategy(request.headers, parsed.ttc, state.settings.default_strategy)
         try:
-            spec = get_strategy(name)
-            spec.parse(raw_params)
+            spec = get_strategy(choice.name)
+            budgets, own_params = split_budgets(choice.params)
+            spec.parse(own_params)
         except UnknownStrategy as exc:
             raise invalid_request(
                 str(exc), param="X-TTC-Strategy", code="unknown_strategy"
             ) from None
         except InvalidParameter as exc:
-            raise invalid_request(str(exc), param=f"X-TTC-{exc.param}") from None
+            raise invalid_request(
+                str(exc), param=choice.origins.get(exc.param, exc.param)
+            ) from None
         ctx.strategy = spec.name
         pool = state.pools.for_model(parsed.model)
         model = pool.model
         forward = {k: v for k, v in body.items() if k != "ttc"}
+        apply_budgets(budgets, forward, parsed.n, ctx)
         headers = {"X-TTC-Strategy": spec.name}
         if parsed.stream:
             relay = await state.upstream.stream(pool, ctx, forward)

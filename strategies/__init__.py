@@ -6,7 +6,14 @@ never import the HTTP layer.
 
 from __future__ import annotations
 
-from strategies.base import InvalidParameter, ParameterSpec, StrategySpec, UnknownStrategy
+from strategies.base import (
+    Budgets,
+    InvalidParameter,
+    ParameterSpec,
+    StrategySpec,
+    UnknownStrategy,
+    split_budgets,
+)
 from strategies.single import SINGLE
 
 REGISTRY: dict[str, StrategySpec] = {spec.name: spec for spec in (SINGLE,)}
@@ -21,9 +28,11 @@ def get_strategy(name: str) -> StrategySpec:
 
 __all__ = [
     "REGISTRY",
+    "Budgets",
     "InvalidParameter",
     "ParameterSpec",
     "StrategySpec",
     "UnknownStrategy",
     "get_strategy",
+    "split_budgets",
 ]

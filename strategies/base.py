@@ -77,6 +77,32 @@ class ParameterSpec:
 
 
 @dataclass(frozen=True)
+class Budgets:
+    """Per-request limits that apply whatever the strategy (``X-TTC-Max-Tokens-Total``,
+    ``X-TTC-Max-Cost-USD``, ``X-TTC-Deadline-Ms``); None means no limit beyond the gateway's."""
+
+    max_tokens_total: int | None = None
+    max_cost_usd: float | None = None
+    deadline_ms: int | None = None
+
+
+BUDGET_PARAMETERS = (
+    ParameterSpec("max_tokens_total", int, None, "Tokens all samples may generate", minimum=1),
+    ParameterSpec("max_cost_usd", float, None, "Largest cost of the request in USD", minimum=0),
+    ParameterSpec("deadline_ms", int, None, "Milliseconds until the answer is due", minimum=1),
+)
+
+
+def split_budgets(given: Mapping[str, Any]) -> tuple[Budgets, dict[str, Any]]:
+    """Separate and validate the budget parameters; return the strategy's own parameters."""
+    budgets = {
+        spec.name: spec.parse(given[spec.name]) for spec in BUDGET_PARAMETERS if spec.name in given
+    }
+    rest = {k: v for k, v in given.items() if k not in budgets}
+    return Budgets(**budgets), rest
+
+
+@dataclass(frozen=True)
 class StrategySpec:
     """A strategy's public description: name, source, parameters."""
 

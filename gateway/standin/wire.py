@@ -50,10 +50,15 @@ class Flavor:
     def response_model(self, requested: str) -> str:
         return LLAMACPP_MODEL_PATH if self.name == "llamacpp" else requested
 
-    def choice_extras(self, finish_reason: str | None, stop: str | None) -> dict[str, Any]:
-        """Engine-specific fields next to ``finish_reason``."""
+    def choice_extras(
+        self, finish_reason: str | None, stop: str | None, final: bool = False
+    ) -> dict[str, Any]:
+        """Engine-specific fields next to ``finish_reason`` (``final``: a non-streamed choice)."""
         if self.name == "vllm":
-            return {"stop_reason": stop, "token_ids": None} if finish_reason else {}
+            extras: dict[str, Any] = {"stop_reason": stop, "token_ids": None}
+            if final:
+                extras["routed_experts"] = None
+            return extras if finish_reason else {}
         if self.name == "sglang" and finish_reason:
             return {"matched_stop": stop}
         return {}
@@ -94,8 +99,13 @@ class Flavor:
     def error_body(self, status: int, message: str) -> dict[str, Any]:
         kind = _ERROR_TYPES.get(status, "InternalServerError" if status >= 500 else "BadRequest")
         if self.name == "sglang":
-            return {"object": "error", "message": message, "type": kind, "param": None,
-                    "code": status}
+            return {
+                "object": "error",
+                "message": message,
+                "type": kind,
+                "param": None,
+                "code": status,
+            }
         if self.name == "llamacpp":
             llama_type = "server_error" if status >= 500 else "invalid_request_error"
             if status == 404:
@@ -110,15 +120,32 @@ class Flavor:
         now = int(time.time())
         if self.name == "llamacpp":
             return {
-                "models": [{"name": LLAMACPP_MODEL_PATH, "model": LLAMACPP_MODEL_PATH,
-                            "type": "model", "capabilities": ["completion"]}],
+                "models": [
+                    {
+                        "name": LLAMACPP_MODEL_PATH,
+                        "model": LLAMACPP_MODEL_PATH,
+                        "type": "model",
+                        "capabilities": ["completion"],
+                    }
+                ],
                 "object": "list",
-                "data": [{"id": LLAMACPP_MODEL_PATH, "aliases": [LLAMACPP_MODEL_PATH],
-                          "object": "model", "created": now, "owned_by": "llamacpp",
-                          "meta": {"n_ctx_train": 8192}}],
+                "data": [
+                    {
+                        "id": LLAMACPP_MODEL_PATH,
+                        "aliases": [LLAMACPP_MODEL_PATH],
+                        "object": "model",
+                        "created": now,
+                        "owned_by": "llamacpp",
+                        "meta": {"n_ctx_train": 8192},
+                    }
+                ],
             }
-        entry: dict[str, Any] = {"id": served_model, "object": "model", "created": now,
-                                 "owned_by": self.name if self.name != "openai" else "system"}
+        entry: dict[str, Any] = {
+            "id": served_model,
+            "object": "model",
+            "created": now,
+            "owned_by": self.name if self.name != "openai" else "system",
+        }
         if self.name in ("vllm", "sglang"):
             entry.update(root=served_model, parent=None, max_model_len=8192)
         return {"object": "list", "data": [entry]}

@@ -4,7 +4,7 @@ import pytest
 from starlette.datastructures import Headers
 
 from gateway.routes import select_strategy
-from strategies import InvalidParameter, UnknownStrategy, get_strategy
+from strategies import Budgets, InvalidParameter, UnknownStrategy, get_strategy, split_budgets
 from strategies.base import ParameterSpec, StrategySpec
 
 SPEC = StrategySpec(
@@ -22,11 +22,25 @@ SPEC = StrategySpec(
 
 def test_header_wins_over_body_and_body_over_default() -> None:
     headers = Headers({"x-ttc-strategy": "a", "x-ttc-k": "4", "x-ttc-max-tokens-total": "9"})
-    name, params = select_strategy(headers, {"strategy": "b", "k": 2, "m": 1}, "single")
-    assert name == "a"
-    assert params == {"k": "4", "m": 1, "max_tokens_total": "9"}
-    assert select_strategy(Headers({}), {"strategy": "b"}, "single")[0] == "b"
-    assert select_strategy(Headers({}), None, "single") == ("single", {})
+    choice = select_strategy(headers, {"strategy": "b", "k": 2, "m": 1}, "single")
+    assert choice.name == "a"
+    assert choice.params == {"k": "4", "m": 1, "max_tokens_total": "9"}
+    assert choice.origins == {
+        "k": "X-TTC-K",
+        "m": "ttc.m",
+        "max_tokens_total": "X-TTC-Max-Tokens-Total",
+    }
+    assert select_strategy(Headers({}), {"strategy": "b"}, "single").name == "b"
+    assert select_strategy(Headers({}), None, "single").name == "single"
+
+
+def test_budgets_are_split_from_strategy_parameters() -> None:
+    budgets, rest = split_budgets({"k": "3", "deadline_ms": "250", "max_tokens_total": 90})
+    assert budgets == Budgets(max_tokens_total=90, deadline_ms=250)
+    assert rest == {"k": "3"}
+    with pytest.raises(InvalidParameter) as caught:
+        split_budgets({"max_cost_usd": "-1"})
+    assert caught.value.param == "max_cost_usd"
 
 
 def test_parameters_are_typed_and_defaulted() -> None:
