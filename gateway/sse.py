@@ -53,7 +53,8 @@ async def iter_sse_data(lines: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
         yield b"\n".join(parts)
 
 
-async def _wait_for_disconnect(receive: Receive) -> None:
+async def wait_for_disconnect(receive: Receive) -> None:
+    """Return when the ASGI server reports that the client went away."""
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
@@ -67,7 +68,7 @@ class ClientDisconnected(Exception):
 async def cancel_on_disconnect(receive: Receive, work: Awaitable[T]) -> T:
     """Await ``work``; if the client disconnects first, cancel it and raise ClientDisconnected."""
     task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
+    watcher = asyncio.ensure_future(wait_for_disconnect(receive))
     try:
         await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
     finally:

@@ -24,6 +24,7 @@ from typing import Any
 
 import orjson
 
+from gateway.sse import wait_for_disconnect
 from gateway.standin.script import SampleScript, Script, split_tokens
 from gateway.standin.wire import FLAVORS, EngineCounters, Flavor, render_metrics
 
@@ -299,7 +300,7 @@ class StandinEngine:
     ) -> str:
         task: asyncio.Task[None] = asyncio.ensure_future(work)
         running.task = task
-        watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
+        watcher = asyncio.ensure_future(wait_for_disconnect(receive))
         try:
             await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -728,11 +729,6 @@ async def _read_body(receive: Receive) -> bytes:
         if not message.get("more_body"):
             break
     return b"".join(chunks)
-
-
-async def _wait_for_disconnect(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
 
 
 async def _send(send: Send, status: int, body: bytes, content_type: bytes) -> None:
