@@ -20,7 +20,7 @@ from gateway.middleware import RequestIdMiddleware
 from gateway.pool import PoolRegistry, WorkerPool
 from gateway.protocol import ChatCompletionRequest, CompletionRequest
 from gateway.proxy import Upstream
-from gateway.routes import GatewayState, router
+from gateway.routes import GatewayState, SamplingFastLane, router
 
 log = logging.getLogger("ttc.app")
 
@@ -64,6 +64,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.state.gateway = GatewayState(settings, pools, Upstream(metrics), metrics)
     install_error_handlers(app)
     app.include_router(router)
+    app.add_middleware(SamplingFastLane, fastapi_app=app)
     app.add_middleware(RequestIdMiddleware, access_log_enabled=settings.server.access_log)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app

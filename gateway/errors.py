@@ -91,12 +91,22 @@ def overloaded(message: str, status: int = 429, retry_after_s: int = 1) -> Gatew
     )
 
 
+def error_response(exc: Exception, where: str) -> Response:
+    """The client's answer to an exception: its own body for a ``GatewayError``, else a plain
+    500 (the traceback goes to the log, never to the client)."""
+    if isinstance(exc, GatewayError):
+        return exc.to_response()
+    log.error("unhandled error on %s", where, exc_info=exc)
+    return GatewayError(
+        500, "internal error in the gateway", type="server_error", code="internal_error"
+    ).to_response()
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Make every error path answer in OpenAI's shape."""
 
-    async def on_gateway_error(_: Request, exc: Exception) -> Response:
-        assert isinstance(exc, GatewayError)
-        return exc.to_response()
+    async def on_error(request: Request, exc: Exception) -> Response:
+        return error_response(exc, f"{request.method} {request.url.path}")
 
     async def on_http_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
@@ -109,13 +119,7 @@ def install_error_handlers(app: FastAPI) -> None:
         param = ".".join(str(p) for p in first["loc"] if p not in ("body", "query", "header"))
         return invalid_request(f"{param}: {first['msg']}", param=param or None).to_response()
 
-    async def on_unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return GatewayError(
-            500, "internal error in the gateway", type="server_error", code="internal_error"
-        ).to_response()
-
-    app.add_exception_handler(GatewayError, on_gateway_error)
+    app.add_exception_handler(GatewayError, on_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
-    app.add_exception_handler(Exception, on_unexpected)
+    app.add_exception_handler(Exception, on_error)
