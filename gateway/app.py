@@ -21,6 +21,7 @@ from gateway.pool import PoolRegistry, WorkerPool
 from gateway.protocol import ChatCompletionRequest, CompletionRequest
 from gateway.proxy import Upstream
 from gateway.routes import GatewayState, SamplingFastLane, router
+from gateway.strategy_runner import StrategyRunner
 
 log = logging.getLogger("ttc.app")
 
@@ -61,7 +62,10 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         description="OpenAI-compatible gateway for test-time-compute strategies.",
         lifespan=lifespan,
     )
-    app.state.gateway = GatewayState(settings, pools, Upstream(metrics), metrics)
+    upstream = Upstream(metrics)
+    app.state.gateway = GatewayState(
+        settings, pools, upstream, metrics, StrategyRunner(pools, upstream, metrics)
+    )
     install_error_handlers(app)
     app.include_router(router)
     app.add_middleware(SamplingFastLane, fastapi_app=app)

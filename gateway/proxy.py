@@ -138,7 +138,7 @@ class Upstream:
             )
         return exc
 
-    async def _abort(
+    async def abort(
         self,
         pool: WorkerPool,
         ctx: RequestContext,
@@ -170,14 +170,14 @@ class Upstream:
             if not isinstance(result, dict) or "choices" not in result:
                 raise ValueError("answer has no choices")
         except BaseException as exc:
-            await self._abort(pool, ctx, lease.worker, response)
+            await self.abort(pool, ctx, lease.worker, response)
             raise self._translate(pool, lease.worker, exc) from None
         finally:
             response.release()
             lease.release()
         result["model"] = pool.model
         usage = result.get("usage") or {}
-        self._count_tokens(
+        self.count_tokens(
             pool,
             Usage(
                 prompt_tokens=int(usage.get("prompt_tokens") or 0),
@@ -197,12 +197,12 @@ class Upstream:
             async with asyncio.timeout(ctx.remaining_s()):
                 await self._consume(response, tally)
         except BaseException as exc:
-            await self._abort(pool, ctx, lease.worker, response)
+            await self.abort(pool, ctx, lease.worker, response)
             raise self._translate(pool, lease.worker, exc) from None
         finally:
             response.release()
             lease.release()
-        self._count_tokens(pool, tally.usage())
+        self.count_tokens(pool, tally.usage())
         if ctx.endpoint == "chat":
             return assemble_chat_completion(tally, pool.model)
         return assemble_text_completion(tally, pool.model)
@@ -286,9 +286,9 @@ class Upstream:
             if tally.completed:
                 response.release()
             else:
-                await self._abort(pool, ctx, worker, response)
+                await self.abort(pool, ctx, worker, response)
             lease.release()
-            self._count_tokens(pool, tally.usage())
+            self.count_tokens(pool, tally.usage())
 
     async def _consume(self, response: aiohttp.ClientResponse, tally: StreamTally) -> None:
         async for data in iter_sse_data(response.content):
@@ -302,7 +302,7 @@ class Upstream:
         raise aiohttp.ClientPayloadError("stream ended without [DONE]")
 
     # -- accounting -------------------------------------------------------------------------
-    def _count_tokens(self, pool: WorkerPool, usage: Usage) -> None:
+    def count_tokens(self, pool: WorkerPool, usage: Usage) -> None:
         role = "default"
         tokens = self.metrics.tokens
         tokens.labels(pool.model, role, "prompt").inc(usage.prompt_tokens)

@@ -24,10 +24,12 @@ from gateway.pool import PoolRegistry
 from gateway.protocol import ChatCompletionRequest, CompletionRequest, parse_request
 from gateway.proxy import RequestContext, Upstream
 from gateway.sse import ClientDisconnected, DisconnectAwareStream, cancel_on_disconnect
+from gateway.strategy_runner import StrategyRunner
 from strategies import (
     REGISTRY,
     Budgets,
     InvalidParameter,
+    StrategySpec,
     UnknownStrategy,
     get_strategy,
     split_budgets,
@@ -47,6 +49,7 @@ class GatewayState:
     pools: PoolRegistry
     upstream: Upstream
     metrics: GatewayMetrics
+    runner: StrategyRunner
 
 
 def _state(request: Request) -> GatewayState:
@@ -112,11 +115,15 @@ def select_strategy(
     return StrategyChoice(name, params, origins)
 
 
+def apply_deadline(budgets: Budgets, ctx: RequestContext) -> None:
+    if budgets.deadline_ms is not None:
+        ctx.deadline_s = min(ctx.deadline_s, budgets.deadline_ms / 1000)
+
+
 def apply_budgets(budgets: Budgets, body: dict[str, Any], n: int, ctx: RequestContext) -> None:
     """Enforce what a pass-through can: the deadline, and a token total shared by the n
     samples. (``max_cost_usd`` is validated; it is enforced once prices are configured.)"""
-    if budgets.deadline_ms is not None:
-        ctx.deadline_s = min(ctx.deadline_s, budgets.deadline_ms / 1000)
+    apply_deadline(budgets, ctx)
     if budgets.max_tokens_total is not None:
         if budgets.max_tokens_total < n:
             raise invalid_request(
@@ -127,6 +134,48 @@ def apply_budgets(budgets: Budgets, body: dict[str, Any], n: int, ctx: RequestCo
         field = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
         share = budgets.max_tokens_total // n
         body[field] = min(body.get(field) or share, share)
+
+
+async def _run_strategy(
+    request: Request,
+    state: GatewayState,
+    spec: StrategySpec,
+    params: dict[str, Any],
+    budgets: Budgets,
+    body: dict[str, Any],
+    ctx: RequestContext,
+    model: str,
+    endpoint: str,
+    n: int,
+    choice: StrategyChoice,
+) -> Response:
+    """A strategy other than the pass-through: the runner fans out and decides."""
+    if endpoint != "chat":
+        raise invalid_request(
+            f"strategy {spec.name!r} is available on /v1/chat/completions only",
+            param="X-TTC-Strategy",
+        )
+    if n != 1:
+        raise invalid_request(
+            f"n must be 1 with strategy {spec.name!r}: it returns one answer; set the number "
+            "of samples with X-TTC-K",
+            param="n",
+        )
+    apply_deadline(budgets, ctx)
+    if body.get("stream"):
+        return DisconnectAwareStream(
+            state.runner.stream(spec, params, budgets, body, ctx, model),
+            headers={"X-TTC-Strategy": spec.name},
+            on_disconnect=lambda: state.metrics.client_disconnects.labels(model, endpoint).inc(),
+        )
+    result = await cancel_on_disconnect(
+        request.receive, state.runner.run(spec, params, budgets, body, ctx, model)
+    )
+    return Response(
+        orjson.dumps(state.runner.completion(result, ctx, model)),
+        media_type="application/json",
+        headers=result.headers(),
+    )
 
 
 async def _sampling(request: Request, endpoint: str) -> Response:
@@ -150,7 +199,7 @@ async def _sampling(request: Request, endpoint: str) -> Response:
         try:
             spec = get_strategy(choice.name)
             budgets, own_params = split_budgets(choice.params)
-            spec.parse(own_params)
+            params = spec.parse(own_params)
         except UnknownStrategy as exc:
             raise invalid_request(
                 str(exc), param="X-TTC-Strategy", code="unknown_strategy"
@@ -163,6 +212,20 @@ async def _sampling(request: Request, endpoint: str) -> Response:
         pool = state.pools.for_model(parsed.model)
         model = pool.model
         forward = {k: v for k, v in body.items() if k != "ttc"}
+        if spec.run is not None:
+            return await _run_strategy(
+                request,
+                state,
+                spec,
+                params,
+                budgets,
+                forward,
+                ctx,
+                model,
+                endpoint,
+                parsed.n,
+                choice,
+            )
         apply_budgets(budgets, forward, parsed.n, ctx)
         headers = {"X-TTC-Strategy": spec.name}
         if parsed.stream:

@@ -31,6 +31,17 @@ class ChoiceState:
         return "".join(self.text)
 
 
+@dataclass(frozen=True)
+class ChoiceDelta:
+    """What one chunk added to one choice."""
+
+    index: int
+    text: str
+    tokens: int
+    logprobs: list[Any]
+    finish_reason: str | None
+
+
 @dataclass
 class Usage:
     prompt_tokens: int = 0
@@ -66,8 +77,9 @@ class StreamTally:
             state = self.choices[index] = ChoiceState(index)
         return state
 
-    def observe(self, chunk: dict[str, Any]) -> None:
-        """Record one parsed chunk."""
+    def observe(self, chunk: dict[str, Any]) -> list[ChoiceDelta]:
+        """Record one parsed chunk; return what it added to each choice."""
+        deltas: list[ChoiceDelta] = []
         if self.id is None:
             self.id = chunk.get("id")
             self.created = chunk.get("created")
@@ -78,11 +90,13 @@ class StreamTally:
             state = self.choice(int(raw.get("index", 0)))
             delta = raw.get("delta")
             produced = False
+            text = ""
             if delta is not None:  # chat.completion.chunk
                 if delta.get("role"):
                     state.role = delta["role"]
                 if delta.get("content"):
-                    state.text.append(delta["content"])
+                    text = delta["content"]
+                    state.text.append(text)
                     produced = True
                 reasoning = delta.get("reasoning_content") or delta.get("reasoning")
                 if reasoning:
@@ -92,17 +106,23 @@ class StreamTally:
                     _merge_tool_call(state.tool_calls, call)
                     produced = True
             elif raw.get("text"):  # text_completion chunk
-                state.text.append(raw["text"])
+                text = raw["text"]
+                state.text.append(text)
                 produced = True
             entries = _logprob_entries(raw.get("logprobs"))
             if entries:
                 state.logprobs.extend(entries)
+            tokens = max(1, len(entries)) if produced else 0
             if produced:
-                state.tokens += max(1, len(entries))
+                state.tokens += tokens
                 self.first_token_seen = True
-            if raw.get("finish_reason"):
-                state.finish_reason = raw["finish_reason"]
+            finish = raw.get("finish_reason")
+            if finish:
+                state.finish_reason = finish
                 state.stop_reason = raw.get("stop_reason", raw.get("matched_stop"))
+            if produced or finish:
+                deltas.append(ChoiceDelta(state.index, text, tokens, entries, finish))
+        return deltas
 
     @property
     def counted_completion_tokens(self) -> int:

@@ -6,17 +6,22 @@ never import the HTTP layer.
 
 from __future__ import annotations
 
+from strategies import first_finish, majority_vote, short_m_at_k
 from strategies.base import (
     Budgets,
     InvalidParameter,
     ParameterSpec,
+    StrategyOutcome,
     StrategySpec,
+    StrategyTask,
     UnknownStrategy,
     split_budgets,
 )
 from strategies.single import SINGLE
 
-REGISTRY: dict[str, StrategySpec] = {spec.name: spec for spec in (SINGLE,)}
+REGISTRY: dict[str, StrategySpec] = {
+    spec.name: spec for spec in (SINGLE, majority_vote.SPEC, first_finish.SPEC, short_m_at_k.SPEC)
+}
 
 
 def get_strategy(name: str) -> StrategySpec:
@@ -31,7 +36,9 @@ __all__ = [
     "Budgets",
     "InvalidParameter",
     "ParameterSpec",
+    "StrategyOutcome",
     "StrategySpec",
+    "StrategyTask",
     "UnknownStrategy",
     "get_strategy",
     "split_budgets",

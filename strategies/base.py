@@ -7,9 +7,11 @@ naming the offending one.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from strategies.sampling import Sampler, SampleRequest
 
 
 class UnknownStrategy(ValueError):
@@ -102,14 +104,44 @@ def split_budgets(given: Mapping[str, Any]) -> tuple[Budgets, dict[str, Any]]:
     return Budgets(**budgets), rest
 
 
+@dataclass
+class StrategyTask:
+    """One request, as a strategy sees it: what to sample, its parameters, the sampler, and a
+    way to say "decided" (the gateway times the decision and counts tokens after it)."""
+
+    request: SampleRequest
+    params: dict[str, Any]
+    sampler: Sampler
+    decided: Callable[[], None]
+
+
+@dataclass
+class StrategyOutcome:
+    """The answer and the report the gateway attaches to the response (``ttc``)."""
+
+    content: str
+    finish_reason: str
+    winner: int | None = None
+    answer: str | None = None
+    votes: dict[str, int] = field(default_factory=dict)
+    truncated: bool = False
+    report: dict[str, Any] = field(default_factory=dict)  # strategy-specific decisions
+
+
+StrategyRun = Callable[[StrategyTask], Awaitable[StrategyOutcome]]
+
+
 @dataclass(frozen=True)
 class StrategySpec:
-    """A strategy's public description: name, source, parameters."""
+    """A strategy's public description (name, source, parameters) and its ``run``; ``run`` is
+    None only for ``single``, which the gateway serves as a pass-through."""
 
     name: str
     summary: str
     source: str
     parameters: tuple[ParameterSpec, ...] = field(default_factory=tuple)
+    run: StrategyRun | None = None
+    check: Callable[[dict[str, Any]], None] | None = None  # constraints between parameters
 
     def parse(self, given: Mapping[str, Any]) -> dict[str, Any]:
         """Validate given parameters (names in snake_case) and fill in defaults."""
@@ -122,10 +154,13 @@ class StrategySpec:
                 f"strategy {self.name!r} has no parameter {unknown[0]!r} "
                 f"(its parameters: {allowed})",
             )
-        return {
+        values = {
             name: spec.parse(given[name]) if name in given else spec.default
             for name, spec in known.items()
         }
+        if self.check is not None:
+            self.check(values)
+        return values
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -12,11 +12,20 @@ This keeps each strategy testable without HTTP: a scripted sampler is all a unit
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 RoleName = Literal["small", "large", "judge"]
+
+
+class BudgetExhausted(Exception):
+    """The request's deadline or token budget ran out; every sample has been cancelled.
+    Strategies catch it and answer with their best so far, marked as truncated."""
+
+    def __init__(self, reason: Literal["deadline", "tokens"]) -> None:
+        super().__init__(f"budget exhausted: {reason}")
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -49,7 +58,7 @@ class SampleBatch(Protocol):
 
     k: int
 
-    def events(self) -> AsyncIterator[SampleDelta]:
+    def events(self) -> AsyncGenerator[SampleDelta, None]:
         """Every sample's deltas as they arrive, merged, until all samples have finished."""
         ...
 
@@ -59,11 +68,67 @@ class SampleBatch(Protocol):
 
 
 class Sampler(Protocol):
-    """Starts samples on the pool playing ``role``."""
+    """Starts samples on the pool playing ``role`` (None: the pool of the requested model)."""
 
     async def start(
-        self, request: SampleRequest, k: int, role: RoleName, *, independent: bool = False
+        self,
+        request: SampleRequest,
+        k: int,
+        role: RoleName | None = None,
+        *,
+        independent: bool = False,
     ) -> SampleBatch:
         """Launch ``k`` samples. ``independent=True`` asks for one upstream request per sample,
         for strategies that must cancel samples one at a time."""
         ...
+
+
+@dataclass
+class SampleState:
+    """Everything one sample has produced so far."""
+
+    index: int
+    pieces: list[str] = field(default_factory=list)
+    tokens: int = 0
+    finish_reason: str | None = None
+    logprobs: list[float] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    @property
+    def ended_naturally(self) -> bool:
+        """Stopped by the model (EOS or a stop string), not by ``max_tokens`` or an abort."""
+        return self.finish_reason == "stop"
+
+
+class SampleBook:
+    """Accumulates a batch's deltas per sample and remembers the order samples finished in."""
+
+    def __init__(self, k: int) -> None:
+        self.samples = [SampleState(i) for i in range(k)]
+        self.finish_order: list[int] = []
+
+    def record(self, delta: SampleDelta) -> SampleState | None:
+        """Add one delta; return the sample if this delta finished it."""
+        sample = self.samples[delta.sample]
+        if delta.text:
+            sample.pieces.append(delta.text)
+        sample.tokens += delta.tokens
+        sample.logprobs.extend(delta.logprobs)
+        if delta.finish_reason is not None and sample.finish_reason is None:
+            sample.finish_reason = delta.finish_reason
+            self.finish_order.append(sample.index)
+            return sample
+        return None
+
+    def first_finished(self) -> SampleState | None:
+        return self.samples[self.finish_order[0]] if self.finish_order else None
+
+    def longest(self) -> SampleState:
+        return max(self.samples, key=lambda s: s.tokens)

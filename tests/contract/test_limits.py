@@ -109,4 +109,5 @@ async def test_openapi_schema_documents_the_request_bodies() -> None:
     properties = schema["components"]["schemas"][ref]["properties"]
     assert {"messages", "model", "n", "stream", "ttc"} <= set(properties)
     assert "ChatMessage" in schema["components"]["schemas"]
-    assert [s["name"] for s in strategies["data"]] == ["single"]
+    names = [s["name"] for s in strategies["data"]]
+    assert names == ["single", "majority_vote", "first_finish", "short_m_at_k"]

@@ -1,0 +1,294 @@
+"""``PoolSampler``: the gateway's implementation of ``strategies.sampling.Sampler``.
+
+Placement: the k samples of a batch go to ONE worker as one streaming request with ``n=k`` (the
+engine prefills the prompt once and shares its KV blocks among the samples); one request per
+sample only when the strategy must cancel samples one at a time or the pool's engine ignores
+``n``. Each upstream stream is read by its own task into one queue, so a strategy sees a single
+merged stream of per-sample deltas.
+
+Accounting: every stream keeps a ``StreamTally``; the request's usage is the sum over all of
+them, aborted ones included. Budgets: the deadline and the token total are checked on every
+delta; when one runs out every stream is aborted and ``BudgetExhausted`` is raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncGenerator, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+
+from gateway.config import Role
+from gateway.pool import PoolRegistry, WorkerLease, WorkerPool
+from gateway.proxy import RequestContext, Upstream
+from gateway.sse import DONE, iter_sse_data
+from gateway.streams import StreamTally, Usage
+from strategies.sampling import BudgetExhausted, RoleName, SampleDelta, SampleRequest
+
+# Fields of the client's body that the sampler sets itself.
+_OWN_FIELDS = frozenset({"model", "messages", "prompt", "n", "stream", "stream_options", "ttc"})
+
+
+@dataclass
+class BudgetGuard:
+    """The request's deadline (perf_counter time) and token total, shared by its batches."""
+
+    deadline: float
+    max_tokens_total: int | None = None
+    tokens: int = 0
+
+    def remaining_s(self) -> float:
+        return self.deadline - time.perf_counter()
+
+    @property
+    def tokens_exhausted(self) -> bool:
+        return self.max_tokens_total is not None and self.tokens >= self.max_tokens_total
+
+
+@dataclass
+class _Stream:
+    """One upstream streaming request carrying samples ``offset .. offset+count-1``."""
+
+    pool: WorkerPool
+    ctx: RequestContext
+    lease: WorkerLease
+    response: aiohttp.ClientResponse
+    offset: int
+    count: int
+    tally: StreamTally
+    reader: asyncio.Task[None] | None = None
+    closed: bool = False
+
+
+_END = object()
+
+
+@dataclass
+class UpstreamBatch:
+    """k running samples; see ``strategies.sampling.SampleBatch``."""
+
+    k: int
+    streams: list[_Stream]
+    guard: BudgetGuard
+    upstream: Upstream
+    finished: set[int] = field(default_factory=set)
+    cancelled: set[int] = field(default_factory=set)
+    failed: set[int] = field(default_factory=set)
+    queue: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
+
+    def __post_init__(self) -> None:
+        for stream in self.streams:
+            stream.reader = asyncio.create_task(self._read(stream))
+
+    async def _read(self, stream: _Stream) -> None:
+        try:
+            async for data in iter_sse_data(stream.response.content):
+                if data == DONE:
+                    stream.tally.completed = True
+                    return
+                chunk = orjson.loads(data)
+                if "error" in chunk:
+                    break
+                for delta in stream.tally.observe(chunk):
+                    entries = delta.logprobs
+                    await self.queue.put(
+                        SampleDelta(
+                            sample=stream.offset + delta.index,
+                            text=delta.text,
+                            tokens=delta.tokens,
+                            logprobs=tuple(
+                                float(e.get("logprob", 0.0)) for e in entries if isinstance(e, dict)
+                            ),
+                            top_logprobs=tuple(
+                                {
+                                    t["token"]: float(t["logprob"])
+                                    for t in e.get("top_logprobs") or ()
+                                }
+                                for e in entries
+                                if isinstance(e, dict)
+                            ),
+                            finish_reason=delta.finish_reason,
+                        )
+                    )
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            pass  # reported below as failed samples
+        finally:
+            await self.queue.put((_END, stream))
+
+    async def events(self) -> AsyncGenerator[SampleDelta, None]:
+        open_streams = len(self.streams)
+        while open_streams:
+            try:
+                item = await asyncio.wait_for(self.queue.get(), max(self.guard.remaining_s(), 0))
+            except TimeoutError:
+                await self.cancel()
+                raise BudgetExhausted("deadline") from None
+            if isinstance(item, tuple) and item[0] is _END:
+                open_streams -= 1
+                for failed in self._unfinished(item[1]):
+                    self.finished.add(failed)
+                    self.failed.add(failed)
+                    yield SampleDelta(failed, "", 0, finish_reason="error")
+                continue
+            if item.sample in self.cancelled:
+                continue
+            if item.finish_reason is not None:
+                self.finished.add(item.sample)
+            self.guard.tokens += item.tokens
+            yield item
+            if self.guard.tokens_exhausted:
+                await self.cancel()
+                raise BudgetExhausted("tokens")
+
+    def _unfinished(self, stream: _Stream) -> list[int]:
+        if stream.closed:
+            return []
+        samples = range(stream.offset, stream.offset + stream.count)
+        return [s for s in samples if s not in self.finished and s not in self.cancelled]
+
+    async def cancel(self, samples: Iterable[int] | None = None) -> None:
+        """Stop samples; a stream closes (aborting the engine's work) once none of its
+        samples is still wanted. Tokens already received stay counted."""
+        targets = set(range(self.k)) if samples is None else set(samples)
+        self.cancelled |= targets - self.finished
+        for stream in self.streams:
+            if not self._unfinished(stream):
+                await self._close(stream)
+
+    async def _close(self, stream: _Stream) -> None:
+        if stream.closed:
+            return
+        stream.closed = True
+        if stream.reader is not None and not stream.reader.done():
+            stream.reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await stream.reader
+        if stream.tally.completed:
+            stream.response.release()
+        else:
+            await self.upstream.abort(stream.pool, stream.ctx, stream.lease.worker, stream.response)
+        stream.lease.release()
+        self.upstream.count_tokens(stream.pool, stream.tally.usage())
+
+    async def close(self) -> None:
+        for stream in self.streams:
+            await self._close(stream)
+
+    def samples_aborted(self) -> int:
+        return len(self.cancelled - self.finished)
+
+
+class PoolSampler:
+    """Starts batches for one client request and keeps their accounts."""
+
+    def __init__(
+        self,
+        pools: PoolRegistry,
+        upstream: Upstream,
+        ctx: RequestContext,
+        model: str,
+        guard: BudgetGuard,
+    ) -> None:
+        self.pools = pools
+        self.upstream = upstream
+        self.ctx = ctx
+        self.model = model
+        self.guard = guard
+        self.batches: list[UpstreamBatch] = []
+        self._requests = 0
+
+    async def start(
+        self,
+        request: SampleRequest,
+        k: int,
+        role: RoleName | None = None,
+        *,
+        independent: bool = False,
+    ) -> UpstreamBatch:
+        pool = (
+            self.pools.for_model(self.model)
+            if role is None
+            else self.pools.for_role(Role(role), self.model)
+        )
+        body = {k_: v for k_, v in request.params.items() if k_ not in _OWN_FIELDS}
+        endpoint = "chat"
+        if request.prompt is not None:
+            body["prompt"] = request.prompt
+            endpoint = "completions"
+        else:
+            body["messages"] = request.messages
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+        sizes = [k] if not independent and pool.config.supports_n else [1] * k
+        streams: list[_Stream] = []
+        try:
+            offset = 0
+            for size in sizes:
+                self._requests += 1
+                ctx = RequestContext(
+                    request_id=f"{self.ctx.request_id}-{self._requests}",
+                    endpoint=endpoint,
+                    strategy=self.ctx.strategy,
+                    arrived=self.ctx.arrived,
+                    deadline_s=self.ctx.deadline_s,
+                )
+                lease, response = await self.upstream.open(pool, ctx, {**body, "n": size})
+                streams.append(
+                    _Stream(
+                        pool,
+                        ctx,
+                        lease,
+                        response,
+                        offset,
+                        size,
+                        StreamTally(pool.adapter.usage_counts_all_choices),
+                    )
+                )
+                offset += size
+        except BaseException:
+            for stream in streams:
+                stream.response.close()
+                stream.lease.release()
+            raise
+        batch = UpstreamBatch(k, streams, self.guard, self.upstream)
+        self.batches.append(batch)
+        return batch
+
+    async def close(self) -> None:
+        """Abort whatever is still running (the strategy returned or was cancelled)."""
+        for batch in self.batches:
+            await batch.close()
+
+    def usage(self) -> Usage:
+        prompt = completion = cached = 0
+        for batch in self.batches:
+            for stream in batch.streams:
+                usage = stream.tally.usage()
+                prompt += usage.prompt_tokens
+                completion += usage.completion_tokens
+                cached += usage.cached_tokens or 0
+        return Usage(prompt, completion, cached or None)
+
+    def sample_counts(self) -> dict[str, int]:
+        launched = sum(b.k for b in self.batches)
+        aborted = sum(b.samples_aborted() for b in self.batches)
+        failed = sum(len(b.failed) for b in self.batches)
+        return {
+            "launched": launched,
+            "finished": launched - aborted - failed,
+            "aborted": aborted,
+            "failed": failed,
+        }
+
+    def sample_tokens(self) -> list[int]:
+        """Completion tokens of every sample of every batch, in launch order."""
+        tokens: list[int] = []
+        for batch in self.batches:
+            for stream in batch.streams:
+                tokens += [stream.tally.choice(i).tokens for i in range(stream.count)]
+        return tokens

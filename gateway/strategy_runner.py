@@ -1,0 +1,181 @@
+"""Runs a test-time-compute strategy for one request and shapes its answer.
+
+The answer stays a valid OpenAI ``chat.completion`` (or chunk stream). ``usage`` sums every
+sample of every batch, aborted ones included. A ``ttc`` object and ``X-TTC-*`` headers report
+what the strategy did: samples launched/finished/aborted/failed, each sample's tokens, votes,
+winner, tokens generated after the decision ("wasted"), time to decision, truncation.
+
+Streaming clients get SSE comment heartbeats while the strategy decides, then the answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.errors import GatewayError
+from gateway.metrics import GatewayMetrics
+from gateway.pool import PoolRegistry
+from gateway.proxy import RequestContext, Upstream
+from gateway.sampler import BudgetGuard, PoolSampler
+from gateway.sse import encode_comment, encode_done, encode_event
+from gateway.streams import Usage
+from strategies import Budgets, StrategyOutcome, StrategySpec, StrategyTask
+from strategies.sampling import SampleRequest
+
+HEARTBEAT_S = 1.0
+
+
+@dataclass
+class StrategyResult:
+    outcome: StrategyOutcome
+    usage: Usage
+    report: dict[str, Any]
+
+    def headers(self) -> dict[str, str]:
+        samples = self.report["samples"]
+        return {
+            "X-TTC-Strategy": self.report["strategy"],
+            "X-TTC-Samples-Launched": str(samples["launched"]),
+            "X-TTC-Samples-Finished": str(samples["finished"]),
+            "X-TTC-Samples-Aborted": str(samples["aborted"]),
+            "X-TTC-Wasted-Tokens": str(self.report["wasted_tokens"]),
+            "X-TTC-Time-To-Decision-Ms": str(self.report["time_to_decision_ms"]),
+            "X-TTC-Truncated": "true" if self.report["truncated"] else "false",
+        }
+
+
+class StrategyRunner:
+    """Builds the sampler for a request, runs the strategy, and accounts for it."""
+
+    def __init__(self, pools: PoolRegistry, upstream: Upstream, metrics: GatewayMetrics) -> None:
+        self.pools = pools
+        self.upstream = upstream
+        self.metrics = metrics
+
+    async def run(
+        self,
+        spec: StrategySpec,
+        params: dict[str, Any],
+        budgets: Budgets,
+        body: dict[str, Any],
+        ctx: RequestContext,
+        model: str,
+    ) -> StrategyResult:
+        assert spec.run is not None
+        guard = BudgetGuard(ctx.arrived + ctx.deadline_s, budgets.max_tokens_total)
+        sampler = PoolSampler(self.pools, self.upstream, ctx, model, guard)
+        decision: dict[str, float] = {}
+
+        def decided() -> None:
+            if not decision:  # the first call is the decision
+                decision["at"] = time.perf_counter()
+                decision["tokens"] = sampler.usage().completion_tokens
+
+        task = StrategyTask(
+            request=SampleRequest(messages=body["messages"], params=body),
+            params=params,
+            sampler=sampler,
+            decided=decided,
+        )
+        try:
+            outcome = await spec.run(task)
+        finally:
+            await asyncio.shield(sampler.close())
+        usage = sampler.usage()
+        decided()
+        report = {
+            "strategy": spec.name,
+            "parameters": params,
+            "samples": sampler.sample_counts(),
+            "sample_tokens": sampler.sample_tokens(),
+            "votes": outcome.votes,
+            "winner": {"sample": outcome.winner, "answer": outcome.answer},
+            "wasted_tokens": max(0, usage.completion_tokens - int(decision["tokens"])),
+            "time_to_decision_ms": round((decision["at"] - ctx.arrived) * 1000, 1),
+            "truncated": outcome.truncated,
+            **({"decisions": outcome.report} if outcome.report else {}),
+        }
+        return StrategyResult(outcome, usage, report)
+
+    # -- answers ----------------------------------------------------------------------------
+    @staticmethod
+    def completion(result: StrategyResult, ctx: RequestContext, model: str) -> dict[str, Any]:
+        return {
+            "id": f"chatcmpl-{ctx.request_id}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": result.outcome.content},
+                    "finish_reason": result.outcome.finish_reason,
+                    "logprobs": None,
+                }
+            ],
+            "usage": result.usage.as_openai(),
+            "ttc": result.report,
+        }
+
+    async def stream(
+        self,
+        spec: StrategySpec,
+        params: dict[str, Any],
+        budgets: Budgets,
+        body: dict[str, Any],
+        ctx: RequestContext,
+        model: str,
+    ) -> AsyncGenerator[bytes, None]:
+        """Heartbeats while deciding, then the answer as chunks (and usage if asked)."""
+        running = asyncio.create_task(self.run(spec, params, budgets, body, ctx, model))
+        try:
+            while not running.done():
+                await asyncio.wait((running,), timeout=HEARTBEAT_S)
+                if not running.done():
+                    yield encode_comment("deciding")
+            result = running.result()
+        except GatewayError as exc:
+            yield encode_event(exc.body())
+            yield encode_done()
+            return
+        finally:
+            if not running.done():
+                running.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await running
+        base = {
+            "id": f"chatcmpl-{ctx.request_id}",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": model,
+        }
+        content = result.outcome.content
+        yield encode_event(
+            {
+                **base,
+                "choices": [
+                    {
+                        "index": 0,
+                        "delta": {"role": "assistant", "content": content},
+                        "finish_reason": None,
+                    }
+                ],
+            }
+        )
+        yield encode_event(
+            {
+                **base,
+                "choices": [
+                    {"index": 0, "delta": {}, "finish_reason": result.outcome.finish_reason}
+                ],
+                "ttc": result.report,
+            }
+        )
+        if (body.get("stream_options") or {}).get("include_usage"):
+            yield encode_event({**base, "choices": [], "usage": result.usage.as_openai()})
+        yield encode_done()

@@ -1,0 +1,47 @@
+"""Choosing the answer among finished samples, shared by the voting strategies.
+
+Votes are cast in finish order, so a tie goes to the answer whose first voter finished first:
+the shortest chain, which is short-m@k's tie rule and costs the others nothing (STRATEGIES.md
+§0.2). Unparseable answers do not vote; if nothing parsed, the first finished text is returned.
+"""
+
+from __future__ import annotations
+
+from strategies.answers import VoteTally, answer_key
+from strategies.base import StrategyOutcome
+from strategies.sampling import SampleBook, SampleState
+
+K_DESCRIPTION = "Samples drawn for the request (one upstream request with n=k where possible)"
+
+
+def tally_votes(samples: list[SampleState]) -> VoteTally[int]:
+    """A vote per sample, in the order given (finish order)."""
+    tally: VoteTally[int] = VoteTally()
+    for sample in samples:
+        tally.add(
+            sample.index, answer_key(sample.text) if sample.finish_reason != "error" else None
+        )
+    return tally
+
+
+def majority_outcome(
+    book: SampleBook, voters: list[SampleState], *, truncated: bool = False
+) -> StrategyOutcome:
+    """The winning answer among ``voters`` (in finish order); the text of its first voter."""
+    tally = tally_votes(voters)
+    leader = tally.leader()
+    if leader is not None:
+        winner = book.samples[tally.winner_sample(leader)]
+    else:
+        winner = book.first_finished() or book.longest()
+    return StrategyOutcome(
+        content=winner.text,
+        finish_reason=winner.finish_reason
+        if winner.finish_reason in ("stop", "length")
+        else "length",
+        winner=winner.index,
+        answer=leader,
+        votes=dict(tally.counts),
+        truncated=truncated,
+        report={"agreement": round(tally.agreement(), 4), "voters": tally.total},
+    )

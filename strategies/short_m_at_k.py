@@ -1,0 +1,75 @@
+"""``short_m_at_k``: "Don't Overthink it" (Hassid, Synnaeve, Adi, Schwartz, 2025, arXiv 2505.17813).
+
+Run k chains; halt all of them once the first m are done; majority-vote among those m, ties going
+to the shortest chain::
+
+    done = []
+    for sample in finished_in_order(sample(prompt, k)):
+        if sample.stopped_naturally:
+            done.append(sample)                       # finish order = shortest first
+            if len(done) == m: cancel(all others); break
+    return majority(extract(s) for s in done)         # tie -> earliest in `done`
+
+A chain cut by ``max_tokens`` is not done. If fewer than m finish, the vote runs over those that
+did (and the answer is marked truncated when a budget stopped the run).
+"""
+
+from __future__ import annotations
+
+from contextlib import aclosing
+from typing import Any
+
+from strategies.base import (
+    InvalidParameter,
+    ParameterSpec,
+    StrategyOutcome,
+    StrategySpec,
+    StrategyTask,
+)
+from strategies.sampling import BudgetExhausted, SampleBook
+from strategies.selection import K_DESCRIPTION, majority_outcome
+
+
+def _m_at_most_k(params: dict[str, Any]) -> None:
+    if params["m"] > params["k"]:
+        raise InvalidParameter("m", f"m must be <= k, got m={params['m']} and k={params['k']}")
+
+
+async def run(task: StrategyTask) -> StrategyOutcome:
+    k, m = task.params["k"], task.params["m"]
+    batch = await task.sampler.start(task.request, k)
+    book = SampleBook(k)
+    done = []
+    truncated = False
+    try:
+        async with aclosing(batch.events()) as events:
+            async for delta in events:
+                sample = book.record(delta)
+                if sample is not None and sample.ended_naturally:
+                    done.append(sample)
+                    if len(done) == m:
+                        task.decided()
+                        await batch.cancel()
+                        break
+    except BudgetExhausted:
+        truncated = True
+    task.decided()
+    voters = done or [book.samples[i] for i in book.finish_order]
+    outcome = majority_outcome(book, voters, truncated=truncated)
+    outcome.report["done"] = [s.index for s in done]
+    return outcome
+
+
+SPEC = StrategySpec(
+    name="short_m_at_k",
+    summary="k samples; stop all once m finished; vote among the m, ties to the shortest",
+    source="Hassid et al. 2025, arXiv 2505.17813",
+    parameters=(
+        ParameterSpec("k", int, 8, K_DESCRIPTION, minimum=1, maximum=64),
+        ParameterSpec(
+            "m", int, 3, "Finished samples that end the run and vote", minimum=1, maximum=64
+        ),
+    ),
+    run=run,
+    check=_m_at_most_k,
+)
