@@ -1,0 +1,209 @@
+"""Each strategy's decision rule, pinned exactly with a scripted sampler (no HTTP, no engine).
+
+A ``ScriptedSampler`` plays per-sample texts token by token on a virtual clock: sample i emits a
+token every ``delays[i]`` time units, so finish order is fully determined.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import AsyncGenerator, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from strategies import REGISTRY, InvalidParameter, StrategyOutcome, StrategyTask
+from strategies.sampling import (
+    BudgetExhausted,
+    RoleName,
+    SampleDelta,
+    SampleRequest,
+)
+
+
+@dataclass
+class Scripted:
+    text: str
+    delay: float = 1.0  # virtual time per token
+    finish: str = "stop"
+
+
+@dataclass
+class ScriptedBatch:
+    k: int
+    script: list[Scripted]
+    budget_tokens: int | None = None
+    cancelled: set[int] = field(default_factory=set)
+    emitted: int = 0
+
+    async def events(self) -> AsyncGenerator[SampleDelta, None]:
+        queue: list[tuple[float, int, int]] = []
+        tokens = [s.text.split(" ") for s in self.script]
+        for i in range(self.k):
+            heapq.heappush(queue, (self.script[i].delay, i, 0))
+        while queue:
+            at, i, n = heapq.heappop(queue)
+            if i in self.cancelled:
+                continue
+            last = n == len(tokens[i]) - 1
+            piece = tokens[i][n] + ("" if last else " ")
+            self.emitted += 1
+            yield SampleDelta(i, piece, 1, finish_reason=self.script[i].finish if last else None)
+            if self.budget_tokens is not None and self.emitted >= self.budget_tokens:
+                self.cancelled |= set(range(self.k))
+                raise BudgetExhausted("tokens")
+            if not last:
+                heapq.heappush(queue, (at + self.script[i].delay, i, n + 1))
+
+    async def cancel(self, samples: Iterable[int] | None = None) -> None:
+        self.cancelled |= set(range(self.k)) if samples is None else set(samples)
+
+
+@dataclass
+class ScriptedSampler:
+    script: list[Scripted]
+    budget_tokens: int | None = None
+    batches: list[ScriptedBatch] = field(default_factory=list)
+
+    async def start(
+        self,
+        request: SampleRequest,
+        k: int,
+        role: RoleName | None = None,
+        *,
+        independent: bool = False,
+    ) -> ScriptedBatch:
+        batch = ScriptedBatch(k, self.script[:k], self.budget_tokens)
+        self.batches.append(batch)
+        return batch
+
+
+async def run(
+    name: str, script: list[Scripted], budget_tokens: int | None = None, **params: Any
+) -> tuple[StrategyOutcome, ScriptedSampler, list[int]]:
+    spec = REGISTRY[name]
+    assert spec.run is not None
+    sampler = ScriptedSampler(script, budget_tokens)
+    decided_at: list[int] = []
+    task = StrategyTask(
+        request=SampleRequest(messages=[{"role": "user", "content": "q"}]),
+        params=spec.parse(params),
+        sampler=sampler,
+        decided=lambda: decided_at.append(sampler.batches[0].emitted),
+    )
+    return await spec.run(task), sampler, decided_at
+
+
+async def test_majority_vote_counts_every_parseable_answer() -> None:
+    outcome, sampler, _ = await run(
+        "majority_vote",
+        [
+            Scripted("the answer is 7", 1.0),
+            Scripted("I think it is 5", 1.1),
+            Scripted("no idea", 0.5),
+            Scripted("so the answer is 5", 2.0),
+        ],
+        k=4,
+    )
+    assert outcome.answer == "5"
+    assert outcome.votes == {"7": 1, "5": 2}  # "no idea" does not vote
+    assert outcome.winner == 1  # the first voter for 5 (finish order)
+    assert outcome.content == "I think it is 5"
+    assert sampler.batches[0].cancelled == set()
+
+
+async def test_majority_vote_tie_goes_to_the_chain_that_finished_first() -> None:
+    outcome, _, _ = await run(
+        "majority_vote",
+        [
+            Scripted("slow answer is 1", 3.0),
+            Scripted("fast: 2", 1.0),
+            Scripted("answer 1", 2.0),
+            Scripted("also 2", 2.5),
+        ],
+        k=4,
+    )
+    assert outcome.votes == {"2": 2, "1": 2}
+    assert outcome.answer == "2"
+
+
+async def test_first_finish_ignores_a_finish_without_an_answer_and_a_length_stop() -> None:
+    outcome, sampler, decided = await run(
+        "first_finish",
+        [
+            Scripted("hmm", 0.1),  # finishes first, no answer
+            Scripted("the result is 12", 0.2, finish="length"),  # cut by max_tokens: not a finish
+            Scripted("it is 41", 1.0),  # first real finish with an answer
+            Scripted("it is 40", 5.0),
+        ],
+        k=4,
+    )
+    assert outcome.winner == 2
+    assert outcome.answer == "41"
+    assert outcome.finish_reason == "stop"
+    assert sampler.batches[0].cancelled == {0, 1, 2, 3}  # everything else is stopped
+    assert decided  # the decision was reported before the cancel
+
+
+async def test_first_finish_without_any_answer_returns_the_first_finished_text() -> None:
+    outcome, _, _ = await run("first_finish", [Scripted("hmm", 1.0), Scripted("well", 2.0)], k=2)
+    assert outcome.content == "hmm"
+    assert outcome.answer is None
+
+
+async def test_short_m_at_k_stops_after_m_and_breaks_ties_by_shortest_chain() -> None:
+    outcome, sampler, _ = await run(
+        "short_m_at_k",
+        [
+            Scripted("a b c d e f g h answer 3", 1.0),  # long chain, answer 3
+            Scripted("x answer 9", 1.0),  # shortest: finishes first, answer 9
+            Scripted("y z answer 3", 1.0),  # second to finish, answer 3
+            Scripted("p q r s answer 9", 1.0),  # fourth
+            Scripted("p q r s t u v w x y z 1", 1.0),
+        ],
+        k=5,
+        m=2,
+    )
+    assert outcome.report["done"] == [1, 2]
+    assert outcome.votes == {"9": 1, "3": 1}
+    assert outcome.answer == "9"  # tie between the two: the shortest chain wins
+    assert sampler.batches[0].cancelled >= {0, 3, 4}
+
+
+async def test_short_m_at_k_ignores_length_stops() -> None:
+    outcome, _, _ = await run(
+        "short_m_at_k",
+        [
+            Scripted("cut 5", 0.1, finish="length"),
+            Scripted("answer 6", 1.0),
+            Scripted("answer 6 too", 2.0),
+            Scripted("answer 7 late", 3.0),
+        ],
+        k=4,
+        m=2,
+    )
+    assert outcome.report["done"] == [1, 2]
+    assert outcome.answer == "6"
+
+
+def test_short_m_at_k_rejects_m_above_k() -> None:
+    with pytest.raises(InvalidParameter) as caught:
+        REGISTRY["short_m_at_k"].parse({"k": 2, "m": 3})
+    assert caught.value.param == "m"
+
+
+async def test_token_budget_stops_work_and_marks_the_answer_truncated() -> None:
+    outcome, sampler, _ = await run(
+        "majority_vote",
+        [
+            Scripted("one two three four answer 8", 1.0),
+            Scripted("answer 8", 1.0),
+            Scripted("a b c d e f g h i j k answer 2", 1.0),
+        ],
+        budget_tokens=8,
+        k=3,
+    )
+    assert outcome.truncated
+    assert sampler.batches[0].emitted == 8
+    assert outcome.answer == "8"  # the best answer among what finished in budget
