@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from strategies.sampling import Sampler, SampleRequest
+from strategies.sampling import RoleName, Sampler, SampleRequest
 
 
 class UnknownStrategy(ValueError):
@@ -113,6 +113,7 @@ class StrategyTask:
     params: dict[str, Any]
     sampler: Sampler
     decided: Callable[[], None]
+    role: RoleName | None = None  # where to sample; None: the pool of the requested model
 
 
 @dataclass

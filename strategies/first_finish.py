@@ -23,7 +23,7 @@ from strategies.selection import K_DESCRIPTION
 
 async def run(task: StrategyTask) -> StrategyOutcome:
     k = task.params["k"]
-    batch = await task.sampler.start(task.request, k)
+    batch = await task.sampler.start(task.request, k, task.role)
     book = SampleBook(k)
     truncated = False
     try:

@@ -37,7 +37,7 @@ def _m_at_most_k(params: dict[str, Any]) -> None:
 
 async def run(task: StrategyTask) -> StrategyOutcome:
     k, m = task.params["k"], task.params["m"]
-    batch = await task.sampler.start(task.request, k)
+    batch = await task.sampler.start(task.request, k, task.role)
     book = SampleBook(k)
     done = []
     truncated = False
