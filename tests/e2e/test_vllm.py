@@ -119,3 +119,72 @@ async def test_client_disconnect_mid_stream_stops_vllm_within_two_seconds(gatewa
             f"vllm:num_requests_running back to 0 {time.monotonic() - closed:.2f}s after "
             "the client disconnected"
         )
+
+
+async def _counter(http: httpx.AsyncClient, name: str) -> float:
+    assert VLLM_URL
+    text = (await http.get(VLLM_URL + "/metrics")).text
+    return sum(
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith(name + "{") or line.startswith(name + " ")
+    )
+
+
+@pytest.mark.parametrize(
+    ("strategy", "extra"), [("first_finish", {}), ("short_m_at_k", {"X-TTC-M": "2"})]
+)
+async def test_early_stop_leaves_nothing_running_within_a_second_of_the_decision(
+    gateway: str, strategy: str, extra: dict[str, str]
+) -> None:
+    async with httpx.AsyncClient(timeout=300) as http:
+        response = await http.post(
+            gateway + "/v1/chat/completions",
+            headers={"X-TTC-Strategy": strategy, "X-TTC-K": "8", **extra},
+            json={
+                "model": "smol",
+                "messages": [{"role": "user", "content": "What is 2 + 2? Reply: The answer is N."}],
+                "max_tokens": 400,
+                "temperature": 1.0,
+            },
+        )
+        answered = time.monotonic()
+        assert response.status_code == 200, response.text
+        report = response.json()["ttc"]
+        while (running := await _running(http)) > 0:
+            assert time.monotonic() - answered < 1.0, f"{running} still running 1 s after"
+            await asyncio.sleep(0.05)
+        print(
+            f"{strategy}: decision after {report['time_to_decision_ms']} ms, "
+            f"{report['samples']}, vllm:num_requests_running 0 "
+            f"{time.monotonic() - answered:.2f}s after the answer"
+        )
+
+
+async def test_k8_samples_share_the_prompt_prefix_cache(gateway: str) -> None:
+    facts = " ".join(f"Fact {i}: depot {i} holds {i * 7} crates." for i in range(60))
+    prompt = f"{facts}\nHow many crates does depot 3 hold? The answer is N."
+    async with httpx.AsyncClient(timeout=300) as http:
+        queries = await _counter(http, "vllm:prefix_cache_queries_total")
+        hits = await _counter(http, "vllm:prefix_cache_hits_total")
+        response = await http.post(
+            gateway + "/v1/chat/completions",
+            headers={"X-TTC-Strategy": "majority_vote", "X-TTC-K": "8"},
+            json={
+                "model": "smol",
+                "messages": [{"role": "user", "content": prompt}],
+                "max_tokens": 8,
+                "temperature": 1.0,
+            },
+        )
+        assert response.status_code == 200, response.text
+        prompt_tokens = response.json()["usage"]["prompt_tokens"]
+        new_queries = await _counter(http, "vllm:prefix_cache_queries_total") - queries
+        new_hits = await _counter(http, "vllm:prefix_cache_hits_total") - hits
+    assert prompt_tokens > 256  # spans several KV blocks
+    # one n=8 request: 7 of the 8 samples reuse the first sample's prompt blocks
+    assert new_hits >= 6 * (prompt_tokens - 128), (new_hits, new_queries, prompt_tokens)
+    print(
+        f"k=8 prompt of {prompt_tokens} tokens: prefix cache {new_hits:.0f} hits / "
+        f"{new_queries:.0f} queries"
+    )
