@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +65,7 @@ class StrategyRunner:
         body: dict[str, Any],
         ctx: RequestContext,
         model: str,
+        on_text: Callable[[str], Awaitable[None]] | None = None,
     ) -> StrategyResult:
         assert spec.run is not None
         guard = BudgetGuard(ctx.arrived + ctx.deadline_s, budgets.max_tokens_total)
@@ -81,6 +82,7 @@ class StrategyRunner:
             params=params,
             sampler=sampler,
             decided=decided,
+            on_text=on_text,
         )
         try:
             outcome = await spec.run(task)
@@ -131,13 +133,42 @@ class StrategyRunner:
         ctx: RequestContext,
         model: str,
     ) -> AsyncGenerator[bytes, None]:
-        """Heartbeats while deciding, then the answer as chunks (and usage if asked)."""
-        running = asyncio.create_task(self.run(spec, params, budgets, body, ctx, model))
+        """Heartbeats while deciding; text the strategy accepts as soon as it does; then the
+        rest of the answer, the finish chunk with the ``ttc`` report, and usage if asked."""
+        base = {
+            "id": f"chatcmpl-{ctx.request_id}",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": model,
+        }
+        sent: list[str] = []
+
+        def content_chunk(text: str) -> bytes:
+            delta = {"content": text} if sent else {"role": "assistant", "content": text}
+            sent.append(text)
+            return encode_event(
+                {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+            )
+
+        accepted: asyncio.Queue[str] = asyncio.Queue()
+        running = asyncio.create_task(
+            self.run(spec, params, budgets, body, ctx, model, on_text=accepted.put)
+        )
         try:
-            while not running.done():
-                await asyncio.wait((running,), timeout=HEARTBEAT_S)
-                if not running.done():
-                    yield encode_comment("deciding")
+            while not (running.done() and accepted.empty()):
+                if not accepted.empty():
+                    yield content_chunk(accepted.get_nowait())
+                    continue
+                waiter = asyncio.ensure_future(accepted.get())
+                done, _ = await asyncio.wait(
+                    (running, waiter), timeout=HEARTBEAT_S, return_when=asyncio.FIRST_COMPLETED
+                )
+                if waiter in done:
+                    yield content_chunk(waiter.result())
+                else:
+                    waiter.cancel()
+                    if not done:
+                        yield encode_comment("deciding")
             result = running.result()
         except GatewayError as exc:
             yield encode_event(exc.body())
@@ -148,25 +179,11 @@ class StrategyRunner:
                 running.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await running
-        base = {
-            "id": f"chatcmpl-{ctx.request_id}",
-            "object": "chat.completion.chunk",
-            "created": int(time.time()),
-            "model": model,
-        }
         content = result.outcome.content
-        yield encode_event(
-            {
-                **base,
-                "choices": [
-                    {
-                        "index": 0,
-                        "delta": {"role": "assistant", "content": content},
-                        "finish_reason": None,
-                    }
-                ],
-            }
-        )
+        already = "".join(sent)
+        rest = content[len(already) :] if content.startswith(already) else content
+        if rest or not sent:
+            yield content_chunk(rest)
         yield encode_event(
             {
                 **base,

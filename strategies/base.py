@@ -114,6 +114,9 @@ class StrategyTask:
     sampler: Sampler
     decided: Callable[[], None]
     role: RoleName | None = None  # where to sample; None: the pool of the requested model
+    # Send accepted text to a streaming client now (step-wise strategies); the pieces must be
+    # a prefix of the final ``content``.
+    on_text: Callable[[str], Awaitable[None]] | None = None
 
 
 @dataclass
