@@ -6,7 +6,7 @@ never import the HTTP layer.
 
 from __future__ import annotations
 
-from strategies import first_finish, majority_vote, short_m_at_k
+from strategies import best_of_n, cascade, first_finish, majority_vote, short_m_at_k
 from strategies.base import (
     Budgets,
     InvalidParameter,
@@ -20,7 +20,15 @@ from strategies.base import (
 from strategies.single import SINGLE
 
 REGISTRY: dict[str, StrategySpec] = {
-    spec.name: spec for spec in (SINGLE, majority_vote.SPEC, first_finish.SPEC, short_m_at_k.SPEC)
+    spec.name: spec
+    for spec in (
+        SINGLE,
+        majority_vote.SPEC,
+        first_finish.SPEC,
+        short_m_at_k.SPEC,
+        best_of_n.SPEC,
+        cascade.SPEC,
+    )
 }
 
 

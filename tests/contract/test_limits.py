@@ -110,4 +110,11 @@ async def test_openapi_schema_documents_the_request_bodies() -> None:
     assert {"messages", "model", "n", "stream", "ttc"} <= set(properties)
     assert "ChatMessage" in schema["components"]["schemas"]
     names = [s["name"] for s in strategies["data"]]
-    assert names == ["single", "majority_vote", "first_finish", "short_m_at_k"]
+    assert names == [
+        "single",
+        "majority_vote",
+        "first_finish",
+        "short_m_at_k",
+        "best_of_n",
+        "cascade",
+    ]

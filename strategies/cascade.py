@@ -1,0 +1,252 @@
+"""``cascade``: small model first, defer to the large one when it is unsure (STRATEGIES.md §5).
+
+Two deferral rules over k samples of the ``small`` pool:
+
+- ``agreement`` (self-consistency cascade; MoT cascade, Yue et al., arXiv 2310.03094,
+  MurongYue/LLM_MoT_cascade@f74d3a9 ``Evaluation/utils.py``; N=3 unanimity of Sarukkai et al.,
+  arXiv 2512.02543): accept the small majority iff ``max_count / N_valid >= tau``;
+- ``confidence`` (token-level Chow rules, Gupta et al., ICLR'24, arXiv 2404.10136): score the
+  winning sample by its tokens' log-probabilities, Chow-Average (``mean``) or Chow-Quantile-alpha
+  (``quantile``, alpha=0 is the least confident token); accept iff ``score >= threshold``.
+
+Otherwise the request escalates to the ``large`` pool, which runs the strategy ``escalate_to``::
+
+    samples = sample(small, prompt, k)                    # one request with n=k
+    winner, agreement = majority(extract(s) for s in samples)
+    signal = agreement if rule == "agreement" else chow(logprobs(winner), method, alpha)
+    if signal >= (tau if rule == "agreement" else threshold):
+        return winner                                     # the small model is sure enough
+    return escalate_to.run(large, prompt)                 # single, majority_vote, ...
+
+Unparseable answers do not vote, so with no answer at all the agreement is 0 and the request
+escalates. Neither threshold has a universal value: calibrate it per model pair and task for the
+deferral rate you want (§5.1 suggests 20-40%). When a budget runs out during the small phase the
+best small answer is returned, marked truncated, without escalating.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from contextlib import aclosing
+from dataclasses import replace
+from typing import Any
+
+from strategies.answers import answer_key
+from strategies.base import (
+    InvalidParameter,
+    ParameterSpec,
+    StrategyOutcome,
+    StrategySpec,
+    StrategyTask,
+)
+from strategies.sampling import BudgetExhausted, SampleBook
+from strategies.selection import majority_outcome, tally_votes
+
+ESCALATION_STRATEGIES = ("single", "majority_vote", "first_finish", "short_m_at_k")
+
+
+def chow_score(logprobs: Sequence[float], method: str, alpha: float) -> float | None:
+    """Chow-Average (``mean``) or Chow-Quantile-alpha (``quantile``) of the token log-probs;
+    None without tokens. The quantile interpolates linearly between order statistics (numpy's
+    default), so alpha=0 is the minimum and alpha=1 the maximum."""
+    if not logprobs:
+        return None
+    if method == "mean":
+        return math.fsum(logprobs) / len(logprobs)
+    ordered = sorted(logprobs)
+    position = alpha * (len(ordered) - 1)
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def _large_params(params: dict[str, Any]) -> dict[str, Any]:
+    """The escalation strategy's own parameters, validated by its spec."""
+    from strategies import REGISTRY  # strategies/__init__ imports this module
+
+    name, large_k = params["escalate_to"], params["large_k"]
+    if name == "single":
+        if large_k not in (None, 1):
+            raise InvalidParameter(
+                "large_k", f"large_k must be 1 with escalate_to=single, got {large_k}"
+            )
+        return {}
+    given = {} if large_k is None else {"k": large_k}
+    try:
+        return REGISTRY[name].parse(given)
+    except InvalidParameter as exc:
+        raise InvalidParameter("large_k", f"escalate_to={name}: {exc}") from None
+
+
+def _check(params: dict[str, Any]) -> None:
+    _large_params(params)
+
+
+async def _single(task: StrategyTask) -> StrategyOutcome:
+    """One sample on the task's role: the pass-through, as a step of a composite strategy."""
+    batch = await task.sampler.start(task.request, 1, task.role)
+    book = SampleBook(1)
+    truncated = False
+    try:
+        async with aclosing(batch.events()) as events:
+            async for delta in events:
+                book.record(delta)
+    except BudgetExhausted:
+        truncated = True
+    task.decided()
+    sample = book.samples[0]
+    answer = answer_key(sample.text)
+    return StrategyOutcome(
+        content=sample.text,
+        finish_reason=sample.finish_reason
+        if sample.finish_reason in ("stop", "length")
+        else "length",
+        winner=0,
+        answer=answer,
+        votes={answer: 1} if answer is not None else {},
+        truncated=truncated,
+    )
+
+
+async def _escalate(task: StrategyTask) -> tuple[StrategyOutcome, dict[str, Any]]:
+    from strategies import REGISTRY  # strategies/__init__ imports this module
+
+    name = task.params["escalate_to"]
+    spec = REGISTRY[name]
+    params = _large_params(task.params)
+    large = StrategyTask(
+        request=task.request,
+        params=params,
+        sampler=task.sampler,
+        decided=task.decided,
+        role="large",
+    )
+    outcome = await (spec.run or _single)(large)
+    return outcome, {
+        "strategy": name,
+        "parameters": params,
+        "winner": outcome.winner,
+        "answer": outcome.answer,
+        "votes": outcome.votes,
+        **({"report": outcome.report} if outcome.report else {}),
+    }
+
+
+async def run(task: StrategyTask) -> StrategyOutcome:
+    p = task.params
+    k, rule = p["k"], p["rule"]
+    request = task.request
+    if rule == "confidence":  # the Chow rules read the emitted tokens' log-probs
+        request = replace(request, params={**request.params, "logprobs": True})
+    batch = await task.sampler.start(request, k, "small")
+    book = SampleBook(k)
+    truncated = False
+    try:
+        async with aclosing(batch.events()) as events:
+            async for delta in events:
+                book.record(delta)
+    except BudgetExhausted:
+        truncated = True
+    voters = [book.samples[i] for i in book.finish_order]
+    small = majority_outcome(book, voters, truncated=truncated)
+    tally = tally_votes(voters)
+    report: dict[str, Any] = {
+        "rule": rule,
+        "small": {
+            "votes": dict(tally.counts),
+            "voters": tally.total,
+            "winner": small.winner,
+            "answer": small.answer,
+        },
+    }
+    if rule == "agreement":
+        agreement = tally.agreement()
+        report["agreement"] = round(agreement, 4)
+        accept = small.answer is not None and agreement >= p["tau"]
+    else:
+        assert small.winner is not None
+        score = chow_score(book.samples[small.winner].logprobs, p["confidence_method"], p["alpha"])
+        report["confidence"] = None if score is None else round(score, 4)
+        accept = score is not None and score >= p["threshold"]
+    if accept or truncated:
+        task.decided()
+        report["escalated"] = False
+        small.report = report
+        return small
+    large, report["large"] = await _escalate(task)
+    report["escalated"] = True
+    large.report = report
+    return large
+
+
+SPEC = StrategySpec(
+    name="cascade",
+    summary="k small-model samples; defer to the large model when they disagree or are unsure",
+    source="MoT cascade, Yue et al. 2023, arXiv 2310.03094; Chow rules, Gupta et al. 2024, "
+    "arXiv 2404.10136",
+    parameters=(
+        ParameterSpec(
+            "k",
+            int,
+            3,
+            "Samples of the small model (one upstream request with n=k)",
+            minimum=1,
+            maximum=64,
+        ),
+        ParameterSpec(
+            "rule",
+            str,
+            "agreement",
+            "Deferral rule: answer agreement of the k samples, or token confidence",
+            choices=("agreement", "confidence"),
+        ),
+        ParameterSpec(
+            "tau",
+            float,
+            1.0,
+            "agreement: accept iff the majority's share of the valid answers is >= tau "
+            "(1.0: unanimity, for k=3; about 0.6 for k >= 8)",
+            minimum=0,
+            maximum=1,
+        ),
+        ParameterSpec(
+            "confidence_method",
+            str,
+            "mean",
+            "confidence: mean token log-prob (Chow-Average) or its alpha-quantile",
+            choices=("mean", "quantile"),
+        ),
+        ParameterSpec(
+            "alpha",
+            float,
+            0.1,
+            "confidence_method=quantile: which quantile of the token log-probs (0: the minimum)",
+            minimum=0,
+            maximum=1,
+        ),
+        ParameterSpec(
+            "threshold",
+            float,
+            -1.0,
+            "confidence: accept iff the score is >= threshold (log-prob; calibrate per task)",
+        ),
+        ParameterSpec(
+            "escalate_to",
+            str,
+            "single",
+            "Strategy the large model runs when the small one is deferred",
+            choices=ESCALATION_STRATEGIES,
+        ),
+        ParameterSpec(
+            "large_k",
+            int,
+            None,
+            "Samples of the escalation strategy (default: its own k)",
+            minimum=1,
+            maximum=64,
+        ),
+    ),
+    run=run,
+    check=_check,
+)
