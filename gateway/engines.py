@@ -1,8 +1,9 @@
 """Engine adapters: what differs between vLLM, SGLang, llama.cpp and a generic OpenAI server.
 
 Each adapter answers the same few questions for the worker pool: how to shape the upstream body,
-where the health endpoint is, whether ``usage`` can be trusted when ``n > 1``, and how to abort a
-request beyond closing its connection. Quirks live here and nowhere else.
+where the health endpoint is, whether ``usage`` can be trusted when ``n > 1``, how to abort a
+request beyond closing its connection, and how to render a chat with the engine's own template
+(for strategies that continue raw text step by step). Quirks live here and nowhere else.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any, ClassVar
 import aiohttp
 
 from gateway.config import EngineKind
+from gateway.errors import GatewayError, bad_gateway
 
 log = logging.getLogger("ttc.engines")
 
@@ -39,6 +41,48 @@ class EngineAdapter:
     async def abort(self, session: aiohttp.ClientSession, base_url: str, request_id: str) -> None:
         """Extra abort beyond closing the connection (which every adapter does)."""
 
+    async def render_chat(self, call: RenderCall, messages: list[dict[str, Any]]) -> str:
+        """The engine's chat template applied to ``messages``, generation prompt appended."""
+        raise GatewayError(
+            400,
+            f"a {self.kind.value} engine cannot render chat templates for raw-prompt step "
+            "continuation; this strategy needs a llama.cpp or vLLM pool for that role",
+            code="render_unsupported",
+        )
+
+
+class RenderCall:
+    """One worker's coordinates for a template-rendering call (JSON in, JSON out)."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        headers: dict[str, str],
+        upstream_model: str,
+        timeout_s: float,
+    ) -> None:
+        self.session = session
+        self.base_url = base_url
+        self.headers = headers
+        self.upstream_model = upstream_model
+        self.timeout = aiohttp.ClientTimeout(total=max(timeout_s, 0.001))
+
+    async def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            async with self.session.post(
+                self.base_url + path, json=body, headers=self.headers, timeout=self.timeout
+            ) as response:
+                data = await response.json(content_type=None)
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise bad_gateway(
+                f"{self.base_url}{path} failed: {type(exc).__name__}: {exc}"
+            ) from None
+        if status != 200 or not isinstance(data, dict):
+            raise bad_gateway(f"{self.base_url}{path} answered HTTP {status}: {str(data)[:300]}")
+        return data
+
 
 class OpenAIAdapter(EngineAdapter):
     kind = EngineKind.OPENAI
@@ -59,6 +103,17 @@ class VllmAdapter(EngineAdapter):
             options.setdefault("continuous_usage_stats", True)
             body["stream_options"] = options
         return body
+
+    async def render_chat(self, call: RenderCall, messages: list[dict[str, Any]]) -> str:
+        """``/tokenize`` with the chat template, then ``/detokenize`` (special tokens kept)."""
+        tokenized = await call.post(
+            "/tokenize",
+            {"model": call.upstream_model, "messages": messages, "add_generation_prompt": True},
+        )
+        detokenized = await call.post(
+            "/detokenize", {"model": call.upstream_model, "tokens": tokenized.get("tokens", [])}
+        )
+        return _text_field(detokenized, "prompt", call)
 
 
 class SglangAdapter(EngineAdapter):
@@ -95,6 +150,18 @@ class LlamaCppAdapter(EngineAdapter):
     health_path = "/health"
     metrics_path = "/metrics"
     usage_counts_all_choices = False
+
+    async def render_chat(self, call: RenderCall, messages: list[dict[str, Any]]) -> str:
+        """``POST /apply-template`` renders with the generation prompt appended."""
+        rendered = await call.post("/apply-template", {"messages": messages})
+        return _text_field(rendered, "prompt", call)
+
+
+def _text_field(data: dict[str, Any], name: str, call: RenderCall) -> str:
+    value = data.get(name)
+    if not isinstance(value, str):
+        raise bad_gateway(f"the worker at {call.base_url} sent no {name!r} text when rendering")
+    return value
 
 
 _ADAPTERS: dict[EngineKind, type[EngineAdapter]] = {

@@ -61,12 +61,17 @@ class Upstream:
 
     # -- sending ----------------------------------------------------------------------------
     async def open(
-        self, pool: WorkerPool, ctx: RequestContext, body: dict[str, Any]
+        self,
+        pool: WorkerPool,
+        ctx: RequestContext,
+        body: dict[str, Any],
+        prefer: Worker | None = None,
     ) -> tuple[WorkerLease, aiohttp.ClientResponse]:
-        """Send ``body`` to the best worker; retry on another only if none was reached."""
+        """Send ``body`` to the best worker (``prefer`` while it can take it); retry on another
+        only if none was reached."""
         tried: list[Worker] = []
         while True:
-            lease = pool.lease(exclude=tried)
+            lease = pool.lease(exclude=tried, prefer=prefer)
             worker = lease.worker
             payload = pool.adapter.prepare(dict(body), pool.upstream_model, ctx.request_id)
             sent = time.perf_counter()

@@ -6,6 +6,11 @@ sample only when the strategy must cancel samples one at a time or the pool's en
 ``n``. Each upstream stream is read by its own task into one queue, so a strategy sees a single
 merged stream of per-sample deltas.
 
+Sticky placement: calls whose ``SampleRequest.sticky_key`` matches go to the worker of that pool
+the key first reached, while it is healthy and has room, so each step of a step-wise strategy
+hits that worker's prefix cache. ``render_chat`` asks a worker of a role's pool for the prompt
+its chat template makes (``EngineAdapter.render_chat``).
+
 Accounting: every stream keeps a ``StreamTally``; the request's usage is the sum over all of
 them, aborted ones included. Budgets: the deadline and the token total are checked on every
 delta; when one runs out every stream is aborted and ``BudgetExhausted`` is raised.
@@ -24,7 +29,8 @@ import aiohttp
 import orjson
 
 from gateway.config import Role
-from gateway.pool import PoolRegistry, WorkerLease, WorkerPool
+from gateway.engines import RenderCall
+from gateway.pool import PoolRegistry, Worker, WorkerLease, WorkerPool
 from gateway.proxy import RequestContext, Upstream
 from gateway.sse import DONE, iter_sse_data
 from gateway.streams import StreamTally, Usage
@@ -94,25 +100,19 @@ class UpstreamBatch:
                 chunk = orjson.loads(data)
                 if "error" in chunk:
                     break
+                raw_choices = {int(c.get("index", 0)): c for c in chunk.get("choices") or ()}
                 for delta in stream.tally.observe(chunk):
-                    entries = delta.logprobs
+                    raw = raw_choices.get(delta.index, {})
+                    logprobs, top_logprobs = _token_logprobs(raw.get("logprobs"))
                     await self.queue.put(
                         SampleDelta(
                             sample=stream.offset + delta.index,
                             text=delta.text,
                             tokens=delta.tokens,
-                            logprobs=tuple(
-                                float(e.get("logprob", 0.0)) for e in entries if isinstance(e, dict)
-                            ),
-                            top_logprobs=tuple(
-                                {
-                                    t["token"]: float(t["logprob"])
-                                    for t in e.get("top_logprobs") or ()
-                                }
-                                for e in entries
-                                if isinstance(e, dict)
-                            ),
+                            logprobs=logprobs,
+                            top_logprobs=top_logprobs,
                             finish_reason=delta.finish_reason,
+                            eos=_ended_at_eos(raw) if delta.finish_reason == "stop" else None,
                         )
                     )
         except (aiohttp.ClientError, TimeoutError, ValueError):
@@ -201,6 +201,29 @@ class PoolSampler:
         self.guard = guard
         self.batches: list[UpstreamBatch] = []
         self._requests = 0
+        self._sticky: dict[tuple[str, str], Worker] = {}  # (pool, sticky_key) -> worker
+
+    def _pool(self, role: RoleName | None) -> WorkerPool:
+        if role is None:
+            return self.pools.for_model(self.model)
+        return self.pools.for_role(Role(role), self.model)
+
+    async def render_chat(
+        self, messages: list[dict[str, Any]], role: RoleName | None = None
+    ) -> str:
+        pool = self._pool(role)
+        lease = pool.lease()
+        try:
+            call = RenderCall(
+                pool.session,
+                lease.worker.url,
+                pool.auth_headers,
+                pool.upstream_model,
+                self.guard.remaining_s(),
+            )
+            return await pool.adapter.render_chat(call, messages)
+        finally:
+            lease.release()
 
     async def start(
         self,
@@ -210,11 +233,8 @@ class PoolSampler:
         *,
         independent: bool = False,
     ) -> UpstreamBatch:
-        pool = (
-            self.pools.for_model(self.model)
-            if role is None
-            else self.pools.for_role(Role(role), self.model)
-        )
+        pool = self._pool(role)
+        sticky = (pool.name, request.sticky_key) if request.sticky_key is not None else None
         body = {k_: v for k_, v in request.params.items() if k_ not in _OWN_FIELDS}
         endpoint = "chat"
         if request.prompt is not None:
@@ -237,7 +257,14 @@ class PoolSampler:
                     arrived=self.ctx.arrived,
                     deadline_s=self.ctx.deadline_s,
                 )
-                lease, response = await self.upstream.open(pool, ctx, {**body, "n": size})
+                lease, response = await self.upstream.open(
+                    pool,
+                    ctx,
+                    {**body, "n": size},
+                    prefer=self._sticky.get(sticky) if sticky else None,
+                )
+                if sticky is not None:
+                    self._sticky[sticky] = lease.worker
                 streams.append(
                     _Stream(
                         pool,
@@ -292,3 +319,43 @@ class PoolSampler:
             for stream in batch.streams:
                 tokens += [stream.tally.choice(i).tokens for i in range(stream.count)]
         return tokens
+
+
+def _token_logprobs(
+    logprobs: Any,
+) -> tuple[tuple[float, ...], tuple[dict[str, float], ...]]:
+    """Per-token log-probabilities and top alternatives from either wire shape: the chat shape
+    ``{"content": [{"token", "logprob", "top_logprobs": [{"token", "logprob"}]}]}`` (chat, and
+    llama.cpp's text completions) or the text-completions shape ``{"tokens", "token_logprobs",
+    "top_logprobs": [{token: logprob}]}`` (vLLM, SGLang)."""
+    if not isinstance(logprobs, dict):
+        return (), ()
+    content = logprobs.get("content")
+    if isinstance(content, list):
+        entries = [e for e in content if isinstance(e, dict)]
+        return (
+            tuple(float(e.get("logprob", 0.0)) for e in entries),
+            tuple(
+                {t["token"]: float(t["logprob"]) for t in e.get("top_logprobs") or ()}
+                for e in entries
+            ),
+        )
+    values = logprobs.get("token_logprobs") or []
+    tops = logprobs.get("top_logprobs") or []
+    return (
+        tuple(float(v) if v is not None else 0.0 for v in values),
+        tuple({str(k): float(v) for k, v in (t or {}).items()} for t in tops),
+    )
+
+
+def _ended_at_eos(choice: dict[str, Any]) -> bool | None:
+    """Whether a choice that finished with "stop" hit end-of-sequence rather than a stop string:
+    vLLM's ``stop_reason`` is the stop string (None at EOS), SGLang's ``matched_stop`` a string
+    or the EOS token id, llama.cpp's native ``stop_type`` ``eos|word``; None when not said."""
+    if "stop_reason" in choice:
+        return choice["stop_reason"] is None
+    if "matched_stop" in choice:
+        return not isinstance(choice["matched_stop"], str)
+    if "stop_type" in choice:
+        return bool(choice["stop_type"] == "eos")
+    return None

@@ -6,7 +6,14 @@ never import the HTTP layer.
 
 from __future__ import annotations
 
-from strategies import best_of_n, cascade, first_finish, majority_vote, short_m_at_k
+from strategies import (
+    best_of_n,
+    cascade,
+    first_finish,
+    majority_vote,
+    short_m_at_k,
+    spec_reason,
+)
 from strategies.base import (
     Budgets,
     InvalidParameter,
@@ -28,6 +35,7 @@ REGISTRY: dict[str, StrategySpec] = {
         short_m_at_k.SPEC,
         best_of_n.SPEC,
         cascade.SPEC,
+        spec_reason.SPEC,
     )
 }
 

@@ -51,6 +51,9 @@ class SampleDelta:
     logprobs: tuple[float, ...] = ()
     top_logprobs: tuple[dict[str, float], ...] = ()
     finish_reason: str | None = None
+    # With finish_reason "stop": True when the engine says the sample ended at its end-of-
+    # sequence token, False when a stop string matched, None when the engine does not say.
+    eos: bool | None = None
 
 
 class SampleBatch(Protocol):
@@ -80,6 +83,14 @@ class Sampler(Protocol):
     ) -> SampleBatch:
         """Launch ``k`` samples. ``independent=True`` asks for one upstream request per sample,
         for strategies that must cancel samples one at a time."""
+        ...
+
+    async def render_chat(
+        self, messages: list[dict[str, Any]], role: RoleName | None = None
+    ) -> str:
+        """The prompt text the engine of ``role``'s pool makes of ``messages`` with its chat
+        template, generation prompt appended, for raw-prompt step continuation. Raises when
+        that engine cannot render (the gateway answers with a clear error)."""
         ...
 
 

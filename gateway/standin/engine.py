@@ -5,6 +5,10 @@
 SGLang ``/abort_request`` calls it got. ``GET /standin/state`` returns the same as JSON and
 ``POST /standin/script`` replaces the script, for a stand-in running in another process.
 
+Chat-template rendering, for strategies that continue raw prompts: llama.cpp's
+``POST /apply-template`` and vLLM's ``POST /tokenize`` (with ``messages``) + ``/detokenize``,
+both with the trivial template ``render_template`` (vLLM "tokens" are the text's code points).
+
 Generation is scheduled, not simulated: each choice's tokens get emission times from its
 ``SampleScript`` (first-token delay, per-token delay), and the events of all choices are sent in
 time order, so choices interleave as they do on a real engine. A client disconnect cancels the
@@ -202,6 +206,8 @@ class StandinEngine:
                 self.counters,
             )
             await _send(send, 200, text.encode(), b"text/plain; version=0.0.4; charset=utf-8")
+        elif method == "POST" and path in _RENDER_PATHS.get(self.flavor.name, ()):
+            await self._render(scope, receive, send)
         elif method == "POST" and path == "/abort_request" and self.flavor.name == "sglang":
             await self._abort_request(receive, send)
         elif method == "GET" and path == "/standin/state":
@@ -229,6 +235,36 @@ class StandinEngine:
             await _send_json(send, 400, {"error": str(exc)})
             return
         await _send_json(send, 200, self.script.to_json())
+
+    async def _render(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope["path"]
+        try:
+            body = orjson.loads(await _read_body(receive))
+        except orjson.JSONDecodeError as exc:
+            await self._error(send, 400, f"invalid JSON body: {exc}")
+            return
+        self.requests.append(ReceivedRequest(path, {}, body, ""))
+        await self._notify()
+        if path == "/detokenize":
+            tokens = body.get("tokens") if isinstance(body, dict) else None
+            if not isinstance(tokens, list):
+                await self._error(send, 400, "'tokens' is required")
+                return
+            await _send_json(send, 200, {"prompt": "".join(map(chr, tokens))})
+            return
+        messages = body.get("messages") if isinstance(body, dict) else None
+        if not isinstance(messages, list):
+            await self._error(send, 400, "'messages' is required")
+            return
+        generation = path == "/apply-template" or bool(body.get("add_generation_prompt", True))
+        prompt = render_template(messages, generation)
+        if path == "/apply-template":
+            await _send_json(send, 200, {"prompt": prompt})
+        else:
+            tokens = [ord(c) for c in prompt]
+            await _send_json(
+                send, 200, {"count": len(tokens), "max_model_len": 8192, "tokens": tokens}
+            )
 
     async def _abort_request(self, receive: Receive, send: Send) -> None:
         try:
@@ -596,7 +632,7 @@ class StandinEngine:
             alts = [(tok, lp)] + [(f"alt{j}", lp - 1.0 - j) for j in range(top_n)]
             return alts[:top_n]
 
-        if plan.chat_logprobs:
+        if plan.chat_logprobs or with_id:  # llama.cpp uses the chat shape for text too
             content = []
             for tok, lp in zip(tokens, values, strict=True):
                 entry: dict[str, Any] = {"token": tok, "logprob": lp, "bytes": list(tok.encode())}
@@ -641,6 +677,19 @@ class StandinEngine:
             )
         elif not running.headers_sent:
             await _send_json(send, 400, self.flavor.error_body(400, "Request was aborted"))
+
+
+_RENDER_PATHS = {"llamacpp": ("/apply-template",), "vllm": ("/tokenize", "/detokenize")}
+
+
+def render_template(messages: list[Any], add_generation_prompt: bool) -> str:
+    """The stand-ins' chat template: ``<|role|>\ncontent\n`` per message."""
+    text = "".join(
+        f"<|{m.get('role', 'user')}|>\n{m.get('content') or ''}\n"
+        for m in messages
+        if isinstance(m, dict)
+    )
+    return text + ("<|assistant|>\n" if add_generation_prompt else "")
 
 
 # -- planning helpers -------------------------------------------------------------------------

@@ -117,4 +117,5 @@ async def test_openapi_schema_documents_the_request_bodies() -> None:
         "short_m_at_k",
         "best_of_n",
         "cascade",
+        "spec_reason",
     ]

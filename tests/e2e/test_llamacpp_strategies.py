@@ -72,3 +72,58 @@ async def test_strategy_streams_the_decided_answer(client: openai.AsyncOpenAI) -
         usage = chunk.usage or usage
     assert "".join(pieces)
     assert usage is not None and usage.completion_tokens > 0
+
+
+async def test_best_of_n_scores_candidates_with_the_judge_role(client: openai.AsyncOpenAI) -> None:
+    answer = await client.chat.completions.create(
+        model="smollm2",
+        messages=QUESTION,
+        max_tokens=16,
+        temperature=0.8,
+        extra_headers={"X-TTC-Strategy": "best_of_n", "X-TTC-K": "3"},
+    )
+    report = (answer.model_extra or {})["ttc"]
+    scores = report["decisions"]["scores"]
+    assert len(scores) == 3 and all(0 <= s["score"] <= 9 for s in scores)
+    assert report["samples"]["launched"] == 6  # 3 candidates + 3 one-token judge calls
+    assert answer.usage is not None
+    assert answer.usage.completion_tokens == sum(report["sample_tokens"])
+
+
+@pytest.mark.parametrize("tau", ["0.0", "1.0"])
+async def test_cascade_accepts_or_escalates(client: openai.AsyncOpenAI, tau: str) -> None:
+    answer = await client.chat.completions.create(
+        model="smollm2",
+        messages=QUESTION,
+        max_tokens=16,
+        temperature=1.0,
+        extra_headers={"X-TTC-Strategy": "cascade", "X-TTC-K": "3", "X-TTC-Tau": tau},
+    )
+    decisions = (answer.model_extra or {})["ttc"]["decisions"]
+    assert answer.choices[0].message.content
+    if tau == "0.0":  # any parseable majority is accepted
+        assert decisions["escalated"] is False or decisions["small"]["answer"] is None
+
+
+async def test_spec_reason_streams_kept_steps(client: openai.AsyncOpenAI) -> None:
+    stream = await client.chat.completions.create(
+        model="smollm2",
+        messages=QUESTION,
+        stream=True,
+        extra_headers={
+            "X-TTC-Strategy": "spec_reason",
+            "X-TTC-Threshold": "5",
+            "X-TTC-Max-Steps": "3",
+            "X-TTC-Step-Tokens": "24",
+        },
+    )
+    pieces: list[str] = []
+    report: dict[str, Any] = {}
+    async for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            pieces.append(chunk.choices[0].delta.content)
+        report = (chunk.model_extra or {}).get("ttc") or report
+    steps = report["decisions"]["steps"]
+    assert 1 <= len(steps) <= 3
+    assert all(step["by"] in ("small", "large") for step in steps)
+    assert len(pieces) >= len(steps)  # every kept step was sent as it was kept

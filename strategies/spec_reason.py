@@ -1,0 +1,290 @@
+"""``spec_reason``: SpecReason (Pan et al., arXiv 2504.07891; ruipeterpan/specreason@8c5ee05).
+
+The small model drafts each reasoning step; the large model grades the draft with one token and
+writes the step itself only when the grade is below the threshold::
+
+    steps = []; used = 0
+    loop:
+        if len(steps) < first_n_base:
+            s = gen(LARGE, steps)                         # the first steps come from LARGE
+        else:
+            s = gen(SMALL, steps)                         # <= step_tokens, stop "\\n\\n"
+            if score(LARGE, steps + [s]) < threshold:     # one token, temperature 0
+                s = gen(LARGE, steps)                     # discard the draft, regenerate
+        steps.append(s); used += tokens(s)
+        stop if s holds an answer marker ("boxed", "Answer:", ...), the model ended (EOS, or
+        an empty step where the engine does not say), s repeats the previous step,
+        len(steps) == max_steps, or used >= token_budget
+
+Over the API (docs/reference/STRATEGIES.md §7) every call is a raw ``/v1/completions`` on a
+prompt rendered once per role by that role's engine, so no chat template can drop or move the
+steps, and every call of a role stays on one worker (``sticky_key``) to hit its prefix cache:
+
+- ``gen(role, steps)``: ``render(role, chat)`` + ``"\\n\\n".join(steps) + "\\n\\n"`` (no steps:
+  the rendering alone), ``stop ["\\n\\n"]``, temperature/top_p from the request or 0.6/0.95.
+- ``score``: LARGE's rendering of ``chat + [assistant: steps + draft, user: VERIFY_QUESTION]``
+  followed by ``"I think the quality score is: "``; ``max_tokens 1, temperature 0,
+  logprobs 10``. ``greedy``: the sampled token if it is a digit, else 0 (reject). ``average``:
+  the digit tokens among the top 10, probabilities renormalised, score = sum(digit * p).
+
+The answer is the steps joined with ``"\\n\\n"`` (the answer-bearing step is the last one).
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from typing import Any
+
+from strategies.answers import extract_answer
+from strategies.base import ParameterSpec, StrategyOutcome, StrategySpec, StrategyTask
+from strategies.sampling import BudgetExhausted, RoleName, Sampler, SampleRequest
+
+STEP_DELIMITER = "\n\n"
+ANSWER_MARKERS = ("boxed", "Answer:", "ANSWER:", "The answer is", "####")
+VERIFY_QUESTION = (
+    "Evaluate the last reasoning step solely based on factual correctness and logical validity. "
+    "Ignore style, phrasing, or overall usefulness—only judge whether the step is objectively "
+    "correct and logically follows from prior steps. Assign a score from 0 to 9."
+)
+SCORE_PREFIX = "I think the quality score is: "
+STICKY_KEY = "spec_reason"  # one key per role's pool: the sampler keys by (pool, key)
+# Stands in for the steps while the verifier chat is rendered once; replaced per step.
+_STEPS_SLOT = "@@SPEC_REASON_STEPS@@"
+
+
+@dataclass
+class Call:
+    """What one single-sample completion produced."""
+
+    text: str = ""
+    tokens: int = 0
+    finish_reason: str | None = None
+    eos: bool | None = None
+    top_logprobs: dict[str, float] | None = None  # alternatives for the first token
+
+    @property
+    def failed(self) -> bool:
+        return self.finish_reason not in ("stop", "length")
+
+    @property
+    def ended(self) -> bool:
+        """The model stopped on its own: EOS where the engine says so, else an empty step."""
+        if self.finish_reason != "stop":
+            return False
+        return self.eos if self.eos is not None else not self.text.strip()
+
+
+def score(call: Call, method: str) -> float:
+    """The verifier's grade: the sampled digit (``greedy``) or the expected digit under the
+    renormalised top-k (``average``); 0 when there is no digit."""
+    if method == "average":
+        mass = dict.fromkeys(range(10), 0.0)
+        for token, logprob in (call.top_logprobs or {}).items():
+            digit = token.strip()  # tokenisers differ on leading spaces
+            if len(digit) == 1 and digit.isascii() and digit.isdigit():
+                mass[int(digit)] += math.exp(logprob)
+        total = sum(mass.values())
+        return sum(d * p for d, p in mass.items()) / total if total > 0 else 0.0
+    token = call.text.strip()
+    return float(token) if token.isascii() and token.isdigit() else 0.0
+
+
+@dataclass
+class Prompts:
+    """Each role's rendering of the chat, and LARGE's verifier prompt around a steps slot."""
+
+    small: str
+    large: str
+    verify_head: str | None  # None: the template altered the slot; render per step instead
+    verify_tail: str
+    chat: list[dict[str, Any]]
+
+    @classmethod
+    async def render(cls, sampler: Sampler, chat: list[dict[str, Any]]) -> Prompts:
+        small = await sampler.render_chat(chat, "small")
+        large = await sampler.render_chat(chat, "large")
+        verifier = await sampler.render_chat(_verifier_chat(chat, _STEPS_SLOT), "large")
+        head, slot, tail = verifier.partition(_STEPS_SLOT)
+        clean = bool(slot) and _STEPS_SLOT not in tail
+        return cls(small, large, head if clean else None, tail, chat)
+
+    def step(self, role: RoleName, steps: list[str]) -> str:
+        rendered = self.small if role == "small" else self.large
+        return rendered + (_joined(steps) if steps else "")
+
+    async def verify(self, sampler: Sampler, steps: list[str]) -> str:
+        if self.verify_head is not None:
+            return self.verify_head + _joined(steps) + self.verify_tail + SCORE_PREFIX
+        rendered = await sampler.render_chat(_verifier_chat(self.chat, _joined(steps)), "large")
+        return rendered + SCORE_PREFIX
+
+
+def _joined(steps: list[str]) -> str:
+    return STEP_DELIMITER.join(steps) + STEP_DELIMITER
+
+
+def _verifier_chat(chat: list[dict[str, Any]], steps_text: str) -> list[dict[str, Any]]:
+    # No "</think>" after the steps: some templates drop the thinking of earlier turns.
+    return [
+        *chat,
+        {"role": "assistant", "content": steps_text},
+        {"role": "user", "content": VERIFY_QUESTION},
+    ]
+
+
+async def complete(sampler: Sampler, role: RoleName, prompt: str, params: dict[str, Any]) -> Call:
+    """One raw completion on ``role``'s pool, read to its end; its worker slot is given back."""
+    request = SampleRequest(prompt=prompt, params=params, sticky_key=STICKY_KEY)
+    batch = await sampler.start(request, 1, role)
+    call = Call()
+    try:
+        async with aclosing(batch.events()) as events:
+            async for delta in events:
+                call.text += delta.text
+                call.tokens += delta.tokens
+                if call.top_logprobs is None and delta.top_logprobs:
+                    call.top_logprobs = delta.top_logprobs[0]
+                if delta.finish_reason is not None:
+                    call.finish_reason = delta.finish_reason
+                    call.eos = delta.eos
+    finally:
+        await batch.cancel()  # finished: closes the stream and releases the worker slot
+    return call
+
+
+@dataclass
+class Trace:
+    """The kept steps and, per step, who wrote it and how its draft was graded."""
+
+    steps: list[str] = field(default_factory=list)
+    report: list[dict[str, Any]] = field(default_factory=list)
+    used: int = 0
+
+    def summary(self, stopped: str) -> dict[str, Any]:
+        drafted = [r for r in self.report if r["accepted"] is not None]
+        accepted = sum(1 for r in drafted if r["accepted"])
+        return {
+            "steps": self.report,
+            "accepted": accepted,
+            "rejected": len(drafted) - accepted,
+            "kept_tokens": self.used,
+            "stopped": stopped,
+        }
+
+
+async def run(task: StrategyTask) -> StrategyOutcome:
+    p = task.params
+    body = task.request.params
+    budget = p["token_budget"]
+    client_cap = body.get("max_completion_tokens") or body.get("max_tokens")
+    if isinstance(client_cap, int) and client_cap > 0:
+        budget = min(budget, client_cap)
+    step_params = {
+        "max_tokens": p["step_tokens"],
+        "temperature": _or(body.get("temperature"), 0.6),
+        "top_p": _or(body.get("top_p"), 0.95),
+        "stop": [STEP_DELIMITER],
+    }
+    score_params = {"max_tokens": 1, "temperature": 0.0, "logprobs": 10}
+    emit = getattr(task, "on_text", None)  # streams kept steps once the runner offers it
+    sampler = task.sampler
+    prompts = await Prompts.render(sampler, list(task.request.messages or []))
+    trace = Trace()
+    stopped = "max_steps"
+    truncated = False
+    try:
+        while len(trace.steps) < p["max_steps"]:
+            steps = trace.steps
+            entry: dict[str, Any]
+            if len(steps) < p["first_n_base"]:
+                kept = await complete(sampler, "large", prompts.step("large", steps), step_params)
+                entry = {"by": "large", "score": None, "accepted": None}
+            else:
+                draft = await complete(sampler, "small", prompts.step("small", steps), step_params)
+                grade = 0.0
+                if not draft.failed:
+                    verifier = await complete(
+                        sampler,
+                        "large",
+                        await prompts.verify(sampler, [*steps, draft.text]),
+                        score_params,
+                    )
+                    grade = score(verifier, p["score_method"])
+                entry = {"by": "small", "score": round(grade, 4), "accepted": True}
+                kept = draft
+                if grade < p["threshold"]:
+                    kept = await complete(
+                        sampler, "large", prompts.step("large", steps), step_params
+                    )
+                    entry.update(by="large", accepted=False, draft_tokens=draft.tokens)
+                elif "</think>" in kept.text and not _has_answer(kept.text):
+                    kept.text = kept.text.replace("</think>", "")
+            if kept.failed:
+                stopped, truncated = "error", True
+                break
+            if kept.ended and not kept.text.strip():
+                stopped = "eos"
+                break
+            steps.append(kept.text)
+            trace.used += kept.tokens
+            trace.report.append({**entry, "tokens": kept.tokens})
+            if emit is not None:
+                await emit(kept.text if len(steps) == 1 else STEP_DELIMITER + kept.text)
+            if _has_answer(kept.text):
+                stopped = "answer"
+            elif kept.ended:
+                stopped = "eos"
+            elif len(steps) >= 2 and steps[-1] == steps[-2]:
+                stopped = "repeated_step"
+            elif trace.used >= budget:
+                stopped = "token_budget"
+            else:
+                continue
+            break
+    except BudgetExhausted as exc:
+        stopped, truncated = f"budget_{exc.reason}", True
+    task.decided()
+    content = STEP_DELIMITER.join(trace.steps)
+    natural = stopped in ("answer", "eos", "repeated_step")
+    return StrategyOutcome(
+        content=content,
+        finish_reason="stop" if natural else "length",
+        answer=extract_answer(content) if content else None,
+        truncated=truncated,
+        report=trace.summary(stopped),
+    )
+
+
+def _has_answer(text: str) -> bool:
+    return any(marker in text for marker in ANSWER_MARKERS)
+
+
+def _or(value: Any, default: float) -> Any:
+    return default if value is None else value
+
+
+SPEC = StrategySpec(
+    name="spec_reason",
+    summary="small model drafts each reasoning step, large model grades it and rewrites "
+    "rejected steps (needs pools with the small and large roles on llama.cpp or vLLM)",
+    source="Pan et al. 2025, SpecReason, arXiv 2504.07891",
+    parameters=(
+        ParameterSpec("threshold", float, 7.0, "Accept a draft step iff its score >= this", 0, 9),
+        ParameterSpec(
+            "score_method",
+            str,
+            "greedy",
+            "greedy: the verifier's digit; average: expected digit over its top-10",
+            choices=("greedy", "average"),
+        ),
+        ParameterSpec("step_tokens", int, 512, "Token cap of one step", 1, 512),
+        ParameterSpec(
+            "token_budget", int, 8192, "Stop once the kept steps hold this many tokens", 1, 131072
+        ),
+        ParameterSpec("max_steps", int, 64, "Most steps", 1, 1024),
+        ParameterSpec("first_n_base", int, 0, "First steps written by the large model", 0, 1024),
+    ),
+    run=run,
+)
