@@ -28,11 +28,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from contextlib import aclosing
 from dataclasses import replace
 from typing import Any
 
-from strategies.answers import answer_key
 from strategies.base import (
     InvalidParameter,
     ParameterSpec,
@@ -40,8 +38,12 @@ from strategies.base import (
     StrategySpec,
     StrategyTask,
 )
-from strategies.sampling import BudgetExhausted, SampleBook
-from strategies.selection import majority_outcome, tally_votes
+from strategies.selection import (
+    finished_in_order,
+    majority_outcome,
+    sample_to_the_end,
+    tally_votes,
+)
 
 ESCALATION_STRATEGIES = ("single", "majority_vote", "first_finish", "short_m_at_k")
 
@@ -85,28 +87,9 @@ def _check(params: dict[str, Any]) -> None:
 
 async def _single(task: StrategyTask) -> StrategyOutcome:
     """One sample on the task's role: the pass-through, as a step of a composite strategy."""
-    batch = await task.sampler.start(task.request, 1, task.role)
-    book = SampleBook(1)
-    truncated = False
-    try:
-        async with aclosing(batch.events()) as events:
-            async for delta in events:
-                book.record(delta)
-    except BudgetExhausted:
-        truncated = True
+    book, truncated = await sample_to_the_end(task.sampler, task.request, 1, task.role)
     task.decided()
-    sample = book.samples[0]
-    answer = answer_key(sample.text)
-    return StrategyOutcome(
-        content=sample.text,
-        finish_reason=sample.finish_reason
-        if sample.finish_reason in ("stop", "length")
-        else "length",
-        winner=0,
-        answer=answer,
-        votes={answer: 1} if answer is not None else {},
-        truncated=truncated,
-    )
+    return majority_outcome(book, finished_in_order(book), truncated=truncated)
 
 
 async def _escalate(task: StrategyTask) -> tuple[StrategyOutcome, dict[str, Any]]:
@@ -139,16 +122,8 @@ async def run(task: StrategyTask) -> StrategyOutcome:
     request = task.request
     if rule == "confidence":  # the Chow rules read the emitted tokens' log-probs
         request = replace(request, params={**request.params, "logprobs": True})
-    batch = await task.sampler.start(request, k, "small")
-    book = SampleBook(k)
-    truncated = False
-    try:
-        async with aclosing(batch.events()) as events:
-            async for delta in events:
-                book.record(delta)
-    except BudgetExhausted:
-        truncated = True
-    voters = [book.samples[i] for i in book.finish_order]
+    book, truncated = await sample_to_the_end(task.sampler, request, k, "small")
+    voters = finished_in_order(book)
     small = majority_outcome(book, voters, truncated=truncated)
     tally = tally_votes(voters)
     report: dict[str, Any] = {

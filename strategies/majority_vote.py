@@ -12,27 +12,21 @@ All k chains run to the end, so latency is that of the slowest chain; ``short_m_
 
 from __future__ import annotations
 
-from contextlib import aclosing
-
 from strategies.base import ParameterSpec, StrategyOutcome, StrategySpec, StrategyTask
-from strategies.sampling import BudgetExhausted, SampleBook
-from strategies.selection import K_DESCRIPTION, majority_outcome
+from strategies.selection import (
+    K_DESCRIPTION,
+    finished_in_order,
+    majority_outcome,
+    sample_to_the_end,
+)
 
 
 async def run(task: StrategyTask) -> StrategyOutcome:
-    k = task.params["k"]
-    batch = await task.sampler.start(task.request, k, task.role)
-    book = SampleBook(k)
-    truncated = False
-    try:
-        async with aclosing(batch.events()) as events:
-            async for delta in events:
-                book.record(delta)
-    except BudgetExhausted:
-        truncated = True
+    book, truncated = await sample_to_the_end(
+        task.sampler, task.request, task.params["k"], task.role
+    )
     task.decided()
-    voters = [book.samples[i] for i in book.finish_order]
-    return majority_outcome(book, voters, truncated=truncated)
+    return majority_outcome(book, finished_in_order(book), truncated=truncated)
 
 
 SPEC = StrategySpec(

@@ -7,11 +7,39 @@ the shortest chain, which is short-m@k's tie rule and costs the others nothing (
 
 from __future__ import annotations
 
+from contextlib import aclosing
+
 from strategies.answers import VoteTally, answer_key
 from strategies.base import StrategyOutcome
-from strategies.sampling import SampleBook, SampleState
+from strategies.sampling import (
+    BudgetExhausted,
+    RoleName,
+    SampleBook,
+    Sampler,
+    SampleRequest,
+    SampleState,
+)
 
 K_DESCRIPTION = "Samples drawn for the request (one upstream request with n=k where possible)"
+
+
+async def sample_to_the_end(
+    sampler: Sampler, request: SampleRequest, k: int, role: RoleName | None
+) -> tuple[SampleBook, bool]:
+    """Run k samples until every one finishes; return them and whether a budget cut them."""
+    batch = await sampler.start(request, k, role)
+    book = SampleBook(k)
+    try:
+        async with aclosing(batch.events()) as events:
+            async for delta in events:
+                book.record(delta)
+    except BudgetExhausted:
+        return book, True
+    return book, False
+
+
+def finished_in_order(book: SampleBook) -> list[SampleState]:
+    return [book.samples[i] for i in book.finish_order]
 
 
 def tally_votes(samples: list[SampleState]) -> VoteTally[int]:
