@@ -1,90 +1,28 @@
 """Each strategy's decision rule, pinned exactly with a scripted sampler (no HTTP, no engine).
 
-A ``ScriptedSampler`` plays per-sample texts token by token on a virtual clock: sample i emits a
+A ``RoleSampler`` plays per-sample texts token by token on a virtual clock: sample i emits a
 token every ``delays[i]`` time units, so finish order is fully determined.
 """
 
 from __future__ import annotations
 
-import heapq
-from collections.abc import AsyncGenerator, Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
 from strategies import REGISTRY, InvalidParameter, StrategyOutcome, StrategyTask
 from strategies.sampling import (
-    BudgetExhausted,
-    RoleName,
-    SampleDelta,
     SampleRequest,
 )
-
-
-@dataclass
-class Scripted:
-    text: str
-    delay: float = 1.0  # virtual time per token
-    finish: str = "stop"
-
-
-@dataclass
-class ScriptedBatch:
-    k: int
-    script: list[Scripted]
-    budget_tokens: int | None = None
-    cancelled: set[int] = field(default_factory=set)
-    emitted: int = 0
-
-    async def events(self) -> AsyncGenerator[SampleDelta, None]:
-        queue: list[tuple[float, int, int]] = []
-        tokens = [s.text.split(" ") for s in self.script]
-        for i in range(self.k):
-            heapq.heappush(queue, (self.script[i].delay, i, 0))
-        while queue:
-            at, i, n = heapq.heappop(queue)
-            if i in self.cancelled:
-                continue
-            last = n == len(tokens[i]) - 1
-            piece = tokens[i][n] + ("" if last else " ")
-            self.emitted += 1
-            yield SampleDelta(i, piece, 1, finish_reason=self.script[i].finish if last else None)
-            if self.budget_tokens is not None and self.emitted >= self.budget_tokens:
-                self.cancelled |= set(range(self.k))
-                raise BudgetExhausted("tokens")
-            if not last:
-                heapq.heappush(queue, (at + self.script[i].delay, i, n + 1))
-
-    async def cancel(self, samples: Iterable[int] | None = None) -> None:
-        self.cancelled |= set(range(self.k)) if samples is None else set(samples)
-
-
-@dataclass
-class ScriptedSampler:
-    script: list[Scripted]
-    budget_tokens: int | None = None
-    batches: list[ScriptedBatch] = field(default_factory=list)
-
-    async def start(
-        self,
-        request: SampleRequest,
-        k: int,
-        role: RoleName | None = None,
-        *,
-        independent: bool = False,
-    ) -> ScriptedBatch:
-        batch = ScriptedBatch(k, self.script[:k], self.budget_tokens)
-        self.batches.append(batch)
-        return batch
+from tests.scripted import RoleSampler, Scripted
 
 
 async def run(
     name: str, script: list[Scripted], budget_tokens: int | None = None, **params: Any
-) -> tuple[StrategyOutcome, ScriptedSampler, list[int]]:
+) -> tuple[StrategyOutcome, RoleSampler, list[int]]:
     spec = REGISTRY[name]
     assert spec.run is not None
-    sampler = ScriptedSampler(script, budget_tokens)
+    sampler = RoleSampler({None: script}, budget_tokens=budget_tokens)
     decided_at: list[int] = []
     task = StrategyTask(
         request=SampleRequest(messages=[{"role": "user", "content": "q"}]),
