@@ -10,14 +10,17 @@ import logging
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections import deque
 from types import TracebackType
 
 from gateway.config import EmbeddedLlamaCppConfig, GatewaySettings, PoolConfig, WorkerConfig
 
 log = logging.getLogger("ttc.embedded")
+engine_log = logging.getLogger("ttc.embedded.llamacpp")
 
 
 def free_port() -> int:
@@ -35,6 +38,15 @@ class EmbeddedLlamaCpp:
         self.port = config.port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._process: subprocess.Popen[bytes] | None = None
+        self._log_tail: deque[str] = deque(maxlen=40)
+
+    def _drain(self, process: subprocess.Popen[bytes]) -> None:
+        """Read the engine's log for as long as it runs: debug-log it, keep the tail."""
+        assert process.stdout is not None
+        for raw in process.stdout:
+            line = raw.decode(errors="replace")
+            self._log_tail.append(line)
+            engine_log.debug("%s", line.rstrip())
 
     def start(self) -> None:
         command = [
@@ -53,19 +65,18 @@ class EmbeddedLlamaCpp:
         self._process = subprocess.Popen(
             command,
             stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C reaches the gateway, which then stops us in order
         )
+        # llama.cpp logs a lot; an undrained pipe fills up and freezes the engine.
+        threading.Thread(target=self._drain, args=(self._process,), daemon=True).start()
         deadline = time.monotonic() + self.config.startup_timeout_s
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                stderr = (
-                    self._process.stderr.read().decode(errors="replace")
-                    if self._process.stderr
-                    else ""
-                )
-                raise RuntimeError(f"embedded llama.cpp exited at start-up:\n{stderr[-2000:]}")
+                self._process.wait()
+                tail = "".join(self._log_tail)
+                raise RuntimeError(f"embedded llama.cpp exited at start-up:\n{tail[-2000:]}")
             try:
                 with urllib.request.urlopen(self.url + "/health", timeout=1) as response:
                     if response.status == 200:

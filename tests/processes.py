@@ -72,28 +72,30 @@ def llamacpp_worker(
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """A real llama.cpp server (xllamacpp + SmolLM2-135M) in its own process."""
     port = free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gateway.llamacpp_worker",
-            "--port",
-            str(port),
-            "--parallel",
-            str(parallel),
-            "--context",
-            str(context),
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http_ok(url + "/health", 90, process)
-        yield url, process
-    finally:
-        stop_process(process)
+    # a file, not a pipe: llama.cpp blocks (and stops serving) once a pipe is full
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gateway.llamacpp_worker",
+                "--port",
+                str(port),
+                "--parallel",
+                str(parallel),
+                "--context",
+                str(context),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_http_ok(url + "/health", 90, process)
+            yield url, process
+        finally:
+            stop_process(process)
 
 
 @contextlib.contextmanager
