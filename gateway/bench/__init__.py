@@ -9,8 +9,10 @@ bench_app = typer.Typer(help="Benchmarks that print measured ratios.", no_args_i
 
 def _register() -> None:
     from gateway.bench.overhead import overhead
+    from gateway.bench.strategies import strategies
 
     bench_app.command("overhead")(overhead)
+    bench_app.command("strategies")(strategies)
 
 
 _register()

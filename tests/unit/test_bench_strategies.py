@@ -1,0 +1,337 @@
+"""The pure parts of ``ttc-gateway bench strategies``: dataset loading, scoring, the contract
+checks on a reply, aggregation, and the ratios and targets under the table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.bench.overhead import BenchError
+from gateway.bench.strategies import (
+    DEFAULT_DATASET,
+    OPTILLM,
+    FastestSample,
+    Outcome,
+    Summary,
+    build_messages,
+    finish_reasons,
+    gateway_outcome,
+    generated_tokens,
+    gold_key,
+    is_correct,
+    load_problems,
+    optillm_outcome,
+    ratios_and_targets,
+    render_table,
+    summarize,
+)
+
+
+def _write_jsonl(path: Path, records: list[Any]) -> Path:
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    return path
+
+
+# --- dataset -----------------------------------------------------------------------------------
+
+
+def test_gsm8k_answer_field_gives_the_number_after_hashes(tmp_path: Path) -> None:
+    path = _write_jsonl(
+        tmp_path / "d.jsonl",
+        [{"question": "q1", "answer": "3 + 4 = <<3+4=7>>7 eggs\n#### 1,200"}],
+    )
+    [problem] = load_problems(path, 5)
+    assert problem.question == "q1"
+    assert problem.gold == "1200"
+
+
+def test_plain_answer_field_is_normalised(tmp_path: Path) -> None:
+    path = _write_jsonl(
+        tmp_path / "d.jsonl",
+        [{"question": "a", "answer": "$18.00"}, {"question": "b", "answer": 42}],
+    )
+    assert [p.gold for p in load_problems(path, 5)] == ["18", "42"]
+
+
+def test_only_the_first_n_problems_are_loaded_and_blank_lines_skipped(tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    lines = [json.dumps({"question": f"q{i}", "answer": f"#### {i}"}) for i in range(5)]
+    path.write_text(lines[0] + "\n\n" + "\n".join(lines[1:]) + "\n")
+    assert [p.gold for p in load_problems(path, 3)] == ["0", "1", "2"]
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("{not json", "d.jsonl:2: not JSON"),
+        ('["a", "b"]', "d.jsonl:2: expected an object"),
+        ('{"question": "q"}', "d.jsonl:2: needs a string question and an answer"),
+        ('{"question": "q", "answer": "   "}', "d.jsonl:2: the answer"),
+    ],
+)
+def test_a_bad_line_is_named(tmp_path: Path, line: str, message: str) -> None:
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps({"question": "ok", "answer": "#### 1"}) + "\n" + line + "\n")
+    with pytest.raises(BenchError, match=message):
+        load_problems(path, 10)
+
+
+def test_missing_or_empty_dataset_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(BenchError, match="cannot read dataset"):
+        load_problems(tmp_path / "absent.jsonl", 1)
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(BenchError, match="holds no problems"):
+        load_problems(tmp_path / "empty.jsonl", 1)
+
+
+@pytest.mark.skipif(not DEFAULT_DATASET.exists(), reason="shared/data/gsm8k_test.jsonl absent")
+def test_default_dataset_loads_with_numeric_golds() -> None:
+    problems = load_problems(DEFAULT_DATASET, 20)
+    assert len(problems) == 20
+    assert problems[0].gold == "18"  # Janet's ducks
+    assert all(p.gold.lstrip("-").replace(".", "").isdigit() for p in problems)
+
+
+# --- prompt and scoring ------------------------------------------------------------------------
+
+
+def test_prompt_asks_for_the_answer_sentence_after_the_question() -> None:
+    system, user = build_messages("How many eggs?")
+    assert system["role"] == "system" and system["content"]
+    assert user["role"] == "user"
+    assert user["content"].startswith("How many eggs?\n\n")
+    assert user["content"].endswith('end with "The answer is <number>."')
+
+
+@pytest.mark.parametrize(
+    ("content", "correct"),
+    [
+        ("16 - 3 - 4 = 9 eggs, 9 * 2 = 18. The answer is 18.", True),
+        ("She makes $18.00 a day. The answer is $18.", True),
+        ("Step 1: 18 dollars. The answer is 20.", False),  # the stated answer counts
+        ("no number at all", False),
+        (None, False),
+    ],
+)
+def test_correct_means_answer_key_equals_gold(content: str | None, correct: bool) -> None:
+    assert is_correct(content, gold_key("#### 18")) is correct
+
+
+# --- one reply ---------------------------------------------------------------------------------
+
+
+def _reply(content: str, ttc: dict[str, Any] | None, completion: int = 30) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}}],
+        "usage": {"prompt_tokens": 50, "completion_tokens": completion, "total_tokens": 50},
+    }
+    if ttc is not None:
+        body["ttc"] = ttc
+    return body
+
+
+def _ttc(**overrides: Any) -> dict[str, Any]:
+    ttc: dict[str, Any] = {
+        "strategy": "short_m_at_k",
+        "samples": {"launched": 4, "finished": 3, "aborted": 1, "failed": 0},
+        "sample_tokens": [10, 5, 8, 7],
+        "wasted_tokens": 2,
+    }
+    ttc.update(overrides)
+    return ttc
+
+
+def test_a_conforming_strategy_reply_is_scored_without_anomalies() -> None:
+    headers = {"x-ttc-strategy": "short_m_at_k", "x-ttc-wasted-tokens": "2"}
+    outcome = gateway_outcome(
+        "short_m_at_k", 200, headers, _reply("The answer is 18.", _ttc()), 812.0, "18"
+    )
+    assert outcome.correct
+    assert (outcome.completion_tokens, outcome.prompt_tokens) == (30, 50)
+    assert (outcome.launched, outcome.aborted, outcome.wasted_tokens) == (4, 1, 2)
+    assert outcome.wall_ms == 812.0
+    assert outcome.anomalies == []
+
+
+def test_contract_breaches_are_listed() -> None:
+    ttc = _ttc(
+        sample_tokens=[10, 5, 8],
+        samples={"launched": 4, "finished": 2, "aborted": 1, "failed": 0},
+    )
+    outcome = gateway_outcome(
+        "short_m_at_k",
+        200,
+        {"x-ttc-strategy": "single"},
+        _reply("The answer is 18.", ttc, completion=99),
+        1.0,
+        "18",
+    )
+    assert set(outcome.anomalies) == {
+        "X-TTC-Strategy header is 'single'",
+        "ttc.samples: finished + aborted + failed != launched",
+        "usage.completion_tokens != sum(ttc.sample_tokens)",
+        "len(ttc.sample_tokens) != ttc.samples.launched",
+        "X-TTC-Wasted-Tokens header != ttc.wasted_tokens",
+    }
+    assert outcome.correct  # a breach is reported, the answer still scored
+
+
+def test_single_without_ttc_object_is_one_sample() -> None:
+    outcome = gateway_outcome(
+        "single", 200, {"x-ttc-strategy": "single"}, _reply("The answer is 7.", None), 5.0, "18"
+    )
+    assert not outcome.correct
+    assert (outcome.launched, outcome.aborted, outcome.wasted_tokens) == (1, 0, 0)
+    assert outcome.anomalies == []
+
+
+def test_strategy_reply_without_ttc_object_is_a_breach() -> None:
+    outcome = gateway_outcome(
+        "majority_vote", 200, {"x-ttc-strategy": "majority_vote"}, _reply("x", None), 5.0, "1"
+    )
+    assert outcome.anomalies == ["no `ttc` object in the body"]
+
+
+def test_an_error_reply_is_an_error_not_an_answer() -> None:
+    payload = {"error": {"message": "unknown", "code": "unknown_strategy"}}
+    outcome = gateway_outcome("first_finish", 400, {}, payload, 3.0, "18")
+    assert outcome.error == "400 unknown_strategy"
+    assert not outcome.correct
+
+
+def test_optillm_reply_counts_what_it_reports() -> None:
+    body = {
+        "choices": [{"index": 0, "message": {"content": "The answer is 18."}}],
+        "usage": {"completion_tokens": 21},
+    }
+    outcome = optillm_outcome(200, body, 40.0, "18", k=8)
+    assert outcome.correct
+    assert (outcome.completion_tokens, outcome.prompt_tokens, outcome.launched) == (21, 0, 8)
+    assert optillm_outcome(500, {"error": "boom"}, 1.0, "18", k=8).error == "500 boom"
+
+
+# --- aggregation -------------------------------------------------------------------------------
+
+
+def test_summary_sums_successes_and_takes_wall_percentiles_over_them() -> None:
+    outcomes = [
+        Outcome(100.0, correct=True, completion_tokens=10, prompt_tokens=5, wasted_tokens=1,
+                launched=8, aborted=5),
+        Outcome(300.0, correct=False, completion_tokens=30, prompt_tokens=5, wasted_tokens=0,
+                launched=8, aborted=5, anomalies=["x"]),
+        Outcome(200.0, correct=True, completion_tokens=20, prompt_tokens=5, wasted_tokens=1,
+                launched=8, aborted=5, anomalies=["x"]),
+        Outcome(300_000.0, error="0 no answer in 300 s"),
+    ]  # fmt: skip
+    s = summarize("short_m_at_k", outcomes, elapsed_s=8.0, engine_tokens=61)
+    assert (s.problems, s.correct, s.errors) == (4, 2, 1)
+    assert s.accuracy == 0.5
+    assert (s.completion_tokens, s.prompt_tokens, s.wasted_tokens) == (60, 15, 2)
+    assert (s.wall_p50_ms, s.wall_p95_ms) == (200.0, 300.0)
+    assert s.requests_per_s == 0.5
+    assert (s.launched, s.aborted, s.engine_tokens) == (24, 15, 61)
+    assert s.wasted_share == pytest.approx(2 / 60)
+    assert s.anomalies == {"x": 2}
+    assert s.error_kinds == {"0 no answer in 300 s": 1}
+
+
+def test_summary_of_only_failures_has_no_percentiles() -> None:
+    s = summarize("first_finish", [Outcome(0.0, error="400 unknown_strategy")], 1.0)
+    assert (s.wall_p50_ms, s.wall_p95_ms, s.launched, s.wasted_share) == (None, None, None, None)
+    assert "| first_finish | 0/1 (0%) |" in render_table([s])[2]
+
+
+def _row(name: str, p50: float, tokens: int, correct: int = 5, wasted: int = 0) -> Summary:
+    return Summary(
+        name=name,
+        problems=10,
+        correct=correct,
+        errors=0,
+        completion_tokens=tokens,
+        prompt_tokens=100,
+        wasted_tokens=wasted,
+        wall_p50_ms=p50,
+        wall_p95_ms=p50 * 1.5,
+        requests_per_s=1.0,
+        launched=80,
+        aborted=0,
+    )
+
+
+def test_targets_pass_and_fail_on_the_measured_ratios() -> None:
+    rows = {
+        "single": _row("single", 1000, 1000),
+        "majority_vote": _row("majority_vote", 4000, 8000),
+        "first_finish": _row("first_finish", 1300, 4000, wasted=40),
+        "short_m_at_k": _row("short_m_at_k", 2800, 6000, correct=6, wasted=300),
+        OPTILLM: _row(OPTILLM, 4200, 1000),
+    }
+    fastest = FastestSample(first_ms=[1000.0, 1200.0, 900.0], first_stop_ms=[1000.0])
+    lines, verdicts = ratios_and_targets(rows, fastest, k=8, m=3)
+    results = {v.name: v.ok for v in verdicts}
+    assert results == {
+        "short_m_at_k wall p50 vs majority_vote": True,  # 0.70
+        "short_m_at_k completion tokens vs majority_vote": True,  # 0.75
+        "first_finish wall p50 vs fastest single sample": False,  # 1300 / 1000 = 1.30
+        "first_finish wasted tokens": True,  # 1%
+        "short_m_at_k wasted tokens": False,  # 5%
+        "majority_vote wall p50 vs optillm majority_voting": True,  # 0.95
+        "short_m_at_k vs optillm majority_voting": True,  # 0.67, 6 >= 5 correct
+    }
+    assert lines[0].endswith("wall p50 0.70x, completion tokens 0.75x")
+    assert "1.30x" in lines[1]
+    assert any(v.line().startswith("- FAIL first_finish wall p50") for v in verdicts)
+
+
+def test_short_m_at_k_fails_against_optillm_when_less_accurate() -> None:
+    rows = {
+        "short_m_at_k": _row("short_m_at_k", 1000, 6000, correct=4),
+        OPTILLM: _row(OPTILLM, 4000, 1000, correct=5),
+    }
+    _, verdicts = ratios_and_targets(rows, None, k=8, m=3)
+    [verdict] = [v for v in verdicts if v.name == "short_m_at_k vs optillm majority_voting"]
+    assert verdict.ok is False
+    assert "accuracy 4/10 vs 5/10" in verdict.detail
+
+
+def test_targets_without_their_rows_are_not_applicable() -> None:
+    _, verdicts = ratios_and_targets({"single": _row("single", 1, 1)}, None, k=8, m=3)
+    assert all(v.ok is None for v in verdicts)
+    assert all(v.line().startswith("- n/a ") for v in verdicts)
+
+
+# --- stream and metrics parsing ----------------------------------------------------------------
+
+
+def test_finish_reasons_of_sse_lines() -> None:
+    chunk = {
+        "choices": [
+            {"index": 0, "delta": {"content": "x"}, "finish_reason": None},
+            {"index": 3, "delta": {}, "finish_reason": "length"},
+        ]
+    }
+    assert finish_reasons(b"data: " + json.dumps(chunk).encode() + b"\n") == ["length"]
+    assert finish_reasons(b"data: [DONE]\n") == []
+    assert finish_reasons(b": keep-alive\n") == []
+    assert finish_reasons(b"\n") == []
+    with pytest.raises(BenchError, match="error event"):
+        finish_reasons(b'data: {"error": {"message": "worker failed"}}\n')
+
+
+def test_engine_generated_token_counters() -> None:
+    llamacpp = (
+        "# HELP llamacpp:tokens_predicted_total Number of generation tokens processed.\n"
+        "# TYPE llamacpp:tokens_predicted_total counter\n"
+        "llamacpp:tokens_predicted_total 171\n"
+        "llamacpp:tokens_predicted_seconds_total 56.58\n"
+    )
+    vllm = (
+        'vllm:generation_tokens_total{engine="0",model_name="smol"} 1200.0\n'
+        'vllm:generation_tokens_total{engine="1",model_name="smol"} 34.0\n'
+    )
+    assert generated_tokens(llamacpp) == 171
+    assert generated_tokens(vllm) == 1234
+    assert generated_tokens("other_metric 5\n") is None
