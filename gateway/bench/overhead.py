@@ -645,25 +645,35 @@ def overhead(
     if shutil.which("wrk") is None:
         typer.echo("wrk is not installed (Debian package `wrk`)", err=True)
         raise typer.Exit(2)
+    run_bench(
+        "overhead",
+        lambda: _run(
+            levels,
+            worker_counts,
+            duration,
+            warmup,
+            repeat,
+            ttft_requests,
+            wrk_threads,
+            litellm,
+            litellm_venv,
+            litellm_workers,
+        ),
+        output,
+    )
+
+
+def run_bench(name: str, make_report: Callable[[], str], output: Path | None) -> None:
+    """Run a benchmark (children stopped on SIGTERM or Ctrl-C), print its report and write it
+    to ``output``; failures become an exit code with one line on stderr."""
     try:
         with _terminate_as_interrupt():
-            report = _run(
-                levels,
-                worker_counts,
-                duration,
-                warmup,
-                repeat,
-                ttft_requests,
-                wrk_threads,
-                litellm,
-                litellm_venv,
-                litellm_workers,
-            )
+            report = make_report()
     except BenchError as exc:
-        typer.echo(f"bench overhead: {exc}", err=True)
+        typer.echo(f"bench {name}: {exc}", err=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
-        typer.echo("bench overhead: interrupted; every child process was stopped", err=True)
+        typer.echo(f"bench {name}: interrupted; every child process was stopped", err=True)
         raise typer.Exit(130) from None
     typer.echo(report)
     if output is not None:

@@ -53,10 +53,10 @@ from gateway.bench.overhead import (
     _command_line,
     _cpu_model,
     _git_revision,
-    _terminate_as_interrupt,
     _version,
     free_port,
     percentile,
+    run_bench,
     settle,
 )
 from strategies.answers import answer_key, gsm8k_gold, normalize_answer
@@ -842,31 +842,21 @@ def strategies(
     if m > k:
         raise typer.BadParameter(f"--m {m} is larger than --k {k}")
     sampling = Sampling(k=k, m=m, max_tokens=max_tokens, temperature=temperature)
-    try:
-        chosen = load_problems(dataset, problems)
-        with _terminate_as_interrupt():
-            report = _run(
-                chosen,
-                dataset,
-                names,
-                sampling,
-                concurrency,
-                gateway_url,
-                model,
-                optillm,
-                optillm_venv,
-            )
-    except BenchError as exc:
-        typer.echo(f"bench strategies: {exc}", err=True)
-        raise typer.Exit(1) from None
-    except KeyboardInterrupt:
-        typer.echo("bench strategies: interrupted; every child process was stopped", err=True)
-        raise typer.Exit(130) from None
-    typer.echo(report)
-    if output is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(report + "\n")
-        typer.echo(f"(written to {output})", err=True)
+    run_bench(
+        "strategies",
+        lambda: _run(
+            load_problems(dataset, problems),
+            dataset,
+            names,
+            sampling,
+            concurrency,
+            gateway_url,
+            model,
+            optillm,
+            optillm_venv,
+        ),
+        output,
+    )
 
 
 def _run(
