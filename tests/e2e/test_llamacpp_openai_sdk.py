@@ -17,13 +17,6 @@ pytestmark = pytest.mark.llamacpp
 MESSAGES: list[Any] = [{"role": "user", "content": "Write one sentence about the sea."}]
 
 
-@pytest.fixture
-def client(gateway_on_llamacpp: str) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(
-        base_url=gateway_on_llamacpp + "/v1", api_key="unused", max_retries=0, timeout=60
-    )
-
-
 async def test_non_streaming_chat(client: openai.AsyncOpenAI) -> None:
     raw = await client.chat.completions.with_raw_response.create(
         model="smollm2", messages=MESSAGES, max_tokens=12, extra_headers={"X-Request-Id": "abc-1"}

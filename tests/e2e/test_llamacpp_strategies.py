@@ -15,13 +15,6 @@ pytestmark = pytest.mark.llamacpp
 QUESTION: list[Any] = [{"role": "user", "content": "What is 3 + 4? End with: The answer is N."}]
 
 
-@pytest.fixture
-def client(gateway_on_llamacpp: str) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(
-        base_url=gateway_on_llamacpp + "/v1", api_key="unused", max_retries=0, timeout=120
-    )
-
-
 @pytest.mark.parametrize(
     ("strategy", "headers"),
     [
