@@ -349,6 +349,14 @@ class VoteTally(Generic[SampleId]):
         deferral signal of STRATEGIES.md §5.2."""
         return max(self._counts.values()) / self.valid if self._counts else 0.0
 
+    def settled(self, remaining: int) -> bool:
+        """True when ``remaining`` more votes cannot change the leader: it is ahead of every
+        other key, and of any key not seen yet, by more than ``remaining``."""
+        if not self._counts:
+            return False
+        top, *rest = sorted(self._counts.values(), reverse=True)
+        return top > (rest[0] if rest else 0) + remaining
+
     def winner_sample(self, key: str) -> SampleId:
         """The first sample that voted for ``key`` (the shortest chain, in finish order)."""
         return self._first_voter[key]

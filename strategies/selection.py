@@ -42,13 +42,16 @@ def finished_in_order(book: SampleBook) -> list[SampleState]:
     return [book.samples[i] for i in book.finish_order]
 
 
+def vote_of(sample: SampleState) -> str | None:
+    """The answer a finished sample votes for; None (no vote) if it failed or has none."""
+    return answer_key(sample.text) if sample.finish_reason != "error" else None
+
+
 def tally_votes(samples: list[SampleState]) -> VoteTally[int]:
     """A vote per sample, in the order given (finish order)."""
     tally: VoteTally[int] = VoteTally()
     for sample in samples:
-        tally.add(
-            sample.index, answer_key(sample.text) if sample.finish_reason != "error" else None
-        )
+        tally.add(sample.index, vote_of(sample))
     return tally
 
 

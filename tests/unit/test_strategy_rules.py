@@ -66,6 +66,44 @@ async def test_majority_vote_tie_goes_to_the_chain_that_finished_first() -> None
     assert outcome.answer == "2"
 
 
+async def test_majority_vote_stops_once_the_remaining_samples_cannot_change_the_winner() -> None:
+    script = [
+        Scripted("it is 4", 1.0),
+        Scripted("it is 4", 1.1),
+        Scripted("it is 9", 1.2),
+        Scripted("it is 4", 1.3),
+        Scripted("it is 4", 1.4),  # 4 leads 4:1 with one sample left: settled here
+        Scripted("a b c d e f it is 9", 1.0),
+    ]
+    outcome, sampler, decided = await run("majority_vote", script, k=6)
+    assert outcome.votes == {"4": 4, "9": 1}
+    assert outcome.answer == "4"
+    assert sampler.batches[0].cancelled == {0, 1, 2, 3, 4, 5}
+    assert outcome.report["settled_early"] is True
+    assert decided and decided[0] < sum(len(s.text.split(" ")) for s in script)
+
+
+async def test_majority_vote_waits_while_the_remaining_samples_could_still_tie() -> None:
+    # After four finishes 4 leads 9 by 3:1 with two left: 9 could reach 3 and, having voted
+    # first, win the tie. So every sample runs to the end.
+    outcome, sampler, _ = await run(
+        "majority_vote",
+        [
+            Scripted("it is 9", 0.5),
+            Scripted("it is 4", 1.0),
+            Scripted("it is 4", 1.1),
+            Scripted("it is 4", 1.2),
+            Scripted("a b c d it is 9", 1.0),
+            Scripted("a b c d e it is 9", 1.0),
+        ],
+        k=6,
+    )
+    assert outcome.votes == {"9": 3, "4": 3}
+    assert outcome.answer == "9"
+    assert outcome.report["settled_early"] is False
+    assert sampler.batches[0].cancelled == set()
+
+
 async def test_first_finish_ignores_a_finish_without_an_answer_and_a_length_stop() -> None:
     outcome, sampler, decided = await run(
         "first_finish",
