@@ -14,7 +14,9 @@ from pydantic import BaseModel
 
 from gateway import __version__
 from gateway.config import GatewaySettings
+from gateway.engine_metrics import EngineCollector
 from gateway.errors import install_error_handlers
+from gateway.metering import Meter, load_price_book
 from gateway.metrics import GatewayMetrics
 from gateway.middleware import RequestIdMiddleware
 from gateway.pool import PoolRegistry, WorkerPool
@@ -36,10 +38,13 @@ def create_app(settings: GatewaySettings) -> FastAPI:
 
     metrics = GatewayMetrics()
     pools = PoolRegistry([WorkerPool(p, settings.health, metrics) for p in settings.pools])
+    metrics.registry.register(EngineCollector(pools.pools))
+    meter = Meter(settings.metering, load_price_book(settings.metering.prices_file), pools, metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await pools.start()
+        await meter.start()
         for pool in pools.pools:
             healthy = sum(w.healthy for w in pool.workers)
             log.info(
@@ -54,6 +59,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         try:
             yield
         finally:
+            await meter.close()
             await pools.close()
 
     app = FastAPI(
@@ -62,7 +68,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         description="OpenAI-compatible gateway for test-time-compute strategies.",
         lifespan=lifespan,
     )
-    upstream = Upstream(metrics)
+    upstream = Upstream(metrics, meter)
     app.state.gateway = GatewayState(
         settings, pools, upstream, metrics, StrategyRunner(pools, upstream, metrics)
     )

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -40,11 +40,68 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class NvmlEnergy(_Strict):
+    """NVIDIA GPUs on this machine, read through NVML (``nvidia-ml-py``): total energy, mJ."""
+
+    source: Literal["nvml"]
+    gpus: list[int] = Field(default_factory=lambda: [0], description="GPU indices of the worker")
+
+
+class DcgmEnergy(_Strict):
+    """A DCGM exporter's ``DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION`` (mJ since boot)."""
+
+    source: Literal["dcgm"]
+    url: str = Field(description="The exporter's metrics URL, e.g. http://gpu-node:9400/metrics")
+    gpus: list[str] | None = Field(None, description="Values of its `gpu` label; default: all")
+
+
+class ZeusdEnergy(_Strict):
+    """A zeusd daemon's ``GET /gpu/get_cumulative_energy`` (mJ per GPU)."""
+
+    source: Literal["zeusd"]
+    url: str = Field(description="zeusd's base URL, e.g. http://gpu-node:4938")
+    gpus: list[int] = Field(default_factory=lambda: [0])
+
+
+class RaplEnergy(_Strict):
+    """A Linux RAPL zone (``energy_uj``, wraps at ``max_energy_range_uj``); needs read access."""
+
+    source: Literal["rapl"]
+    zone: str = Field("/sys/class/powercap/intel-rapl:0", description="The zone's sysfs folder")
+
+
+class EstimatedEnergy(_Strict):
+    """No counter: ``watts`` x the time the worker had requests in flight, labelled estimated."""
+
+    source: Literal["estimate"]
+    watts: float = Field(gt=0, description="Power drawn while busy")
+
+
+EnergyConfig = Annotated[
+    NvmlEnergy | DcgmEnergy | ZeusdEnergy | RaplEnergy | EstimatedEnergy,
+    Field(discriminator="source"),
+]
+
+# The embedded default's CPU worker has no energy counter we can rely on (RAPL is root-only and
+# absent in most VMs): a rough figure for two busy server cores, labelled as an estimate.
+EMBEDDED_WATTS = 20.0
+
+
 class WorkerConfig(_Strict):
     """One engine server the gateway can send requests to."""
 
     url: str = Field(description="Base URL of the engine, e.g. http://10.0.0.5:8000")
     max_in_flight: int = Field(256, ge=1, description="Requests in flight before it counts as full")
+    energy: EnergyConfig | None = Field(
+        None,
+        description="Where its energy is read (nvml, dcgm, zeusd, rapl, estimate); none: unmetered",
+    )
+    idle_watts: float | None = Field(
+        None, ge=0, description="Power with nothing running; default: learned from idle intervals"
+    )
+    usd_per_hour: float = Field(
+        0.0, ge=0, description="What the machine behind it costs (infrastructure cost basis)"
+    )
 
     @model_validator(mode="after")
     def _url_has_scheme(self) -> WorkerConfig:
@@ -63,6 +120,11 @@ class EmbeddedLlamaCppConfig(_Strict):
     context: int = Field(8192, ge=512, description="Total context, split across slots")
     port: int = Field(0, ge=0, le=65535, description="0 picks a free port")
     startup_timeout_s: float = Field(60.0, gt=0)
+    energy: EnergyConfig | None = Field(
+        default_factory=lambda: EstimatedEnergy(source="estimate", watts=EMBEDDED_WATTS),
+        description="As for a worker; default: an estimate of 20 W while busy",
+    )
+    usd_per_hour: float = Field(0.0, ge=0, description="As for a worker")
 
 
 class PoolConfig(_Strict):
@@ -110,6 +172,23 @@ class LimitsConfig(_Strict):
     request_timeout_s: float = Field(600.0, gt=0, description="Whole-request deadline (504)")
 
 
+class MeteringConfig(_Strict):
+    """Cost and energy metering (docs: README "Cost and energy")."""
+
+    prices_file: str | None = Field(
+        "configs/prices.yaml",
+        description="Per-token prices by model (LiteLLM field names); a missing default file "
+        "means no price-table cost",
+    )
+    interval_s: float = Field(1.0, ge=0.1, le=60, description="How often energy is read")
+    prompt_token_weight: float = Field(
+        0.0,
+        ge=0,
+        description="Work of one uncached prompt token relative to one generated token, "
+        "when an interval's energy and machine cost are split among requests",
+    )
+
+
 class HealthCheckConfig(_Strict):
     interval_s: float = Field(5.0, gt=0)
     timeout_s: float = Field(2.0, gt=0)
@@ -137,6 +216,7 @@ class GatewaySettings(BaseSettings):
     server: ServerConfig = ServerConfig()
     limits: LimitsConfig = LimitsConfig()
     health: HealthCheckConfig = HealthCheckConfig()
+    metering: MeteringConfig = MeteringConfig()
     default_strategy: str = "single"
     pools: list[PoolConfig] = Field(default_factory=_embedded_default_pool, min_length=1)
 

@@ -145,7 +145,12 @@ class EmbeddedEngines:
                         "embedded": None,
                         "workers": [
                             *pool.workers,
-                            WorkerConfig(url=engine.url, max_in_flight=slots),
+                            WorkerConfig(
+                                url=engine.url,
+                                max_in_flight=slots,
+                                energy=engine.config.energy,
+                                usd_per_hour=engine.config.usd_per_hour,
+                            ),
                         ],
                     }
                 )

@@ -59,8 +59,104 @@ class GatewayMetrics:
         )
         self.tokens = Counter(
             "ttc_tokens",
-            "Tokens processed, counted by the gateway (kind: prompt, cached_prompt, completion)",
+            "Tokens of upstream calls, counted by the gateway, by kind: prompt, cached_prompt "
+            "(part of prompt), completion (every sample, aborted ones included), wasted (part of "
+            "completion: generated after the strategy decided)",
             ["model", "role", "kind"],
+            registry=r,
+        )
+        self.worker_tokens = Counter(
+            "ttc_worker_tokens",
+            "Tokens each worker processed for the gateway (kind: prompt, completion)",
+            ["pool", "worker", "kind"],
+            registry=r,
+        )
+        self.time_to_decision = Histogram(
+            "ttc_time_to_decision_seconds",
+            "Time from request arrival to the strategy's decision",
+            ["strategy", "model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.samples = Counter(
+            "ttc_samples",
+            "Samples launched by strategies, by how they ended: finished, aborted, failed",
+            ["strategy", "outcome"],
+            registry=r,
+        )
+        self.vote_agreement = Histogram(
+            "ttc_vote_agreement_ratio",
+            "Share of the valid votes that went to the winning answer (voting strategies)",
+            ["strategy"],
+            buckets=(0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+            registry=r,
+        )
+        self.cascade_decisions = Counter(
+            "ttc_cascade_decisions",
+            "Cascade requests by decision: accepted (the small pool's answer) or escalated",
+            ["decision"],
+            registry=r,
+        )
+        self.spec_reason_steps = Counter(
+            "ttc_spec_reason_steps",
+            "spec_reason draft steps by the large model's verdict: accepted or rejected",
+            ["decision"],
+            registry=r,
+        )
+        self.early_stop_saved_tokens = Counter(
+            "ttc_early_stop_saved_tokens",
+            "Estimated tokens not generated because aborted samples were stopped early: per "
+            "aborted sample, the mean length of the request's finished samples minus what it "
+            "had produced (0 if longer), capped at max_tokens",
+            ["strategy"],
+            registry=r,
+        )
+        # -- cost and energy (gateway/metering.py) --
+        self.cost = Counter(
+            "ttc_cost_usd",
+            "Cost attributed to requests, by basis: price_table (per-token prices) or "
+            "infrastructure (worker $/hour split by token work)",
+            ["basis", "model", "strategy"],
+            registry=r,
+        )
+        self.cost_unattributed = Counter(
+            "ttc_cost_unattributed_usd",
+            "Infrastructure cost of worker time with no request to charge (idle)",
+            ["worker"],
+            registry=r,
+        )
+        self.energy = Counter(
+            "ttc_energy",
+            "Energy of each worker as its source reports it (method: measured or estimated); "
+            "rate() is power in watts",
+            ["pool", "worker", "method"],
+            registry=r,
+            unit="joules",
+        )
+        self.energy_idle = Counter(
+            "ttc_energy_idle",
+            "Part of ttc_energy_joules_total attributed to no request: idle power",
+            ["worker", "method"],
+            registry=r,
+            unit="joules",
+        )
+        self.energy_attributed = Counter(
+            "ttc_energy_attributed",
+            "Part of ttc_energy_joules_total attributed to requests by their token work",
+            ["model", "strategy", "method"],
+            registry=r,
+            unit="joules",
+        )
+        self.energy_source_info = Gauge(
+            "ttc_energy_source_info",
+            "1 for each worker's energy source; method=estimated means no counter behind it",
+            ["worker", "source", "method"],
+            registry=r,
+        )
+        self.price_table_info = Gauge(
+            "ttc_price_table_info",
+            "1, labelled with the version of the price book in use",
+            ["version"],
             registry=r,
         )
         self.client_disconnects = Counter(

@@ -23,7 +23,9 @@ from types import TracebackType
 
 import aiohttp
 
-from gateway.config import HealthCheckConfig, PoolConfig, Role
+from gateway.config import HealthCheckConfig, PoolConfig, Role, WorkerConfig
+from gateway.energy import BusyClock
+from gateway.engine_metrics import EngineStats, scrape_engine
 from gateway.engines import EngineAdapter, adapter_for
 from gateway.errors import GatewayError, model_not_found, overloaded
 from gateway.metrics import GatewayMetrics
@@ -36,15 +38,28 @@ KEEPALIVE_EXPIRY_S = 4.0
 class Worker:
     """One engine server and what the gateway knows about it right now."""
 
-    __slots__ = ("consecutive_failures", "healthy", "in_flight", "max_in_flight", "name", "url")
+    __slots__ = (
+        "busy",
+        "config",
+        "consecutive_failures",
+        "engine_stats",
+        "healthy",
+        "in_flight",
+        "max_in_flight",
+        "name",
+        "url",
+    )
 
-    def __init__(self, url: str, max_in_flight: int) -> None:
-        self.url = url.rstrip("/")
+    def __init__(self, config: WorkerConfig) -> None:
+        self.config = config
+        self.url = config.url.rstrip("/")
         self.name = self.url.split("://", 1)[-1]
-        self.max_in_flight = max_in_flight
+        self.max_in_flight = config.max_in_flight
         self.in_flight = 0
         self.healthy = False
         self.consecutive_failures = 0
+        self.busy = BusyClock()  # for energy estimates: time with requests in flight
+        self.engine_stats: EngineStats | None = None  # from its /metrics, at each health check
 
     def __repr__(self) -> str:
         return f"Worker({self.url}, in_flight={self.in_flight}, healthy={self.healthy})"
@@ -88,7 +103,7 @@ class WorkerPool:
         self.model = config.model
         self.upstream_model = config.upstream_model or config.model
         self.adapter: EngineAdapter = adapter_for(config.engine)
-        self.workers = [Worker(w.url, w.max_in_flight) for w in config.workers]
+        self.workers = [Worker(w) for w in config.workers]
         self._health = health
         self._metrics = metrics
         self._rotation = itertools.count()
@@ -121,7 +136,7 @@ class WorkerPool:
             await self._session.close()
 
     def add_worker(self, url: str, max_in_flight: int) -> Worker:
-        worker = Worker(url, max_in_flight)
+        worker = Worker(WorkerConfig(url=url, max_in_flight=max_in_flight))
         self.workers.append(worker)
         return worker
 
@@ -163,11 +178,13 @@ class WorkerPool:
 
     def _take(self, worker: Worker) -> WorkerLease:
         worker.in_flight += 1
+        worker.busy.started()
         self._metrics.worker_in_flight.labels(self.name, worker.name).inc()
         return WorkerLease(self, worker)
 
     def _release(self, worker: Worker) -> None:
         worker.in_flight -= 1
+        worker.busy.ended()
         self._metrics.worker_in_flight.labels(self.name, worker.name).dec()
 
     def mark_failed(self, worker: Worker, reason: str) -> None:
@@ -209,6 +226,10 @@ class WorkerPool:
             ):
                 self.mark_failed(worker, "health check failed")
         self._metrics.worker_healthy.labels(self.name, worker.name).set(1 if worker.healthy else 0)
+        if ok:
+            worker.engine_stats = await scrape_engine(
+                self.session, worker.url, self.config.engine, self._health.timeout_s
+            )
 
     async def _health_loop(self) -> None:
         while True:

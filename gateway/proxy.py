@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import orjson
@@ -28,6 +28,9 @@ from gateway.metrics import GatewayMetrics
 from gateway.pool import Worker, WorkerLease, WorkerPool
 from gateway.sse import DONE, encode_done, encode_event, iter_sse_data
 from gateway.streams import StreamTally, Usage, assemble_chat_completion, assemble_text_completion
+
+if TYPE_CHECKING:
+    from gateway.metering import Meter, RequestMeter
 
 log = logging.getLogger("ttc.proxy")
 
@@ -44,6 +47,8 @@ class RequestContext:
     arrived: float = field(default_factory=time.perf_counter)
     deadline_s: float = 600.0
     upstream_s: float = 0.0  # time spent waiting on workers, for the overhead metric
+    meter: RequestMeter | None = None  # cost and energy of the client request, all its calls
+    role: str = "default"  # the pool role the calls serve (small, large, judge)
 
     def remaining_s(self) -> float:
         return self.deadline_s - (time.perf_counter() - self.arrived)
@@ -56,8 +61,9 @@ class RequestContext:
 class Upstream:
     """Sends requests to workers and turns their answers into client answers."""
 
-    def __init__(self, metrics: GatewayMetrics) -> None:
+    def __init__(self, metrics: GatewayMetrics, meter: Meter | None = None) -> None:
         self.metrics = metrics
+        self.meter = meter
 
     # -- sending ----------------------------------------------------------------------------
     async def open(
@@ -184,6 +190,8 @@ class Upstream:
         usage = result.get("usage") or {}
         self.count_tokens(
             pool,
+            lease.worker,
+            ctx,
             Usage(
                 prompt_tokens=int(usage.get("prompt_tokens") or 0),
                 completion_tokens=int(usage.get("completion_tokens") or 0),
@@ -198,6 +206,7 @@ class Upstream:
         streamed = {**body, "stream": True, "stream_options": {"include_usage": True}}
         tally = StreamTally(pool.adapter.usage_counts_all_choices)
         lease, response = await self.open(pool, ctx, streamed)
+        watch = self.watch(lease.worker, ctx, tally)
         try:
             async with asyncio.timeout(ctx.remaining_s()):
                 await self._consume(response, tally)
@@ -207,7 +216,7 @@ class Upstream:
         finally:
             response.release()
             lease.release()
-        self.count_tokens(pool, tally.usage())
+            self.count_tokens(pool, lease.worker, ctx, tally.usage(), watch)
         if ctx.endpoint == "chat":
             return assemble_chat_completion(tally, pool.model)
         return assemble_text_completion(tally, pool.model)
@@ -235,6 +244,7 @@ class Upstream:
     ) -> AsyncGenerator[bytes, None]:
         tally = StreamTally(pool.adapter.usage_counts_all_choices)
         worker = lease.worker
+        watch = self.watch(worker, ctx, tally)
         ttft_recorded = False
         try:
             async with asyncio.timeout(ctx.remaining_s()):
@@ -293,7 +303,7 @@ class Upstream:
             else:
                 await self.abort(pool, ctx, worker, response)
             lease.release()
-            self.count_tokens(pool, tally.usage())
+            self.count_tokens(pool, worker, ctx, tally.usage(), watch)
 
     async def _consume(self, response: aiohttp.ClientResponse, tally: StreamTally) -> None:
         async for data in iter_sse_data(response.content):
@@ -307,13 +317,29 @@ class Upstream:
         raise aiohttp.ClientPayloadError("stream ended without [DONE]")
 
     # -- accounting -------------------------------------------------------------------------
-    def count_tokens(self, pool: WorkerPool, usage: Usage) -> None:
-        role = "default"
-        tokens = self.metrics.tokens
-        tokens.labels(pool.model, role, "prompt").inc(usage.prompt_tokens)
-        tokens.labels(pool.model, role, "completion").inc(usage.completion_tokens)
-        if usage.cached_tokens:
-            tokens.labels(pool.model, role, "cached_prompt").inc(usage.cached_tokens)
+    def watch(self, worker: Worker, ctx: RequestContext, tally: StreamTally) -> object | None:
+        """Let the meter follow a live stream's tokens (energy is split by token work)."""
+        if self.meter is None or ctx.meter is None:
+            return None
+        return self.meter.watch(ctx.meter, worker, tally)
+
+    def count_tokens(
+        self,
+        pool: WorkerPool,
+        worker: Worker,
+        ctx: RequestContext,
+        usage: Usage,
+        watch: object | None = None,
+    ) -> None:
+        """One upstream call ended: count its tokens, and price and meter it."""
+        tokens, by_worker = self.metrics.tokens, self.metrics.worker_tokens
+        tokens.labels(pool.model, ctx.role, "prompt").inc(usage.prompt_tokens)
+        tokens.labels(pool.model, ctx.role, "completion").inc(usage.completion_tokens)
+        tokens.labels(pool.model, ctx.role, "cached_prompt").inc(usage.cached_tokens or 0)
+        by_worker.labels(pool.name, worker.name, "prompt").inc(usage.prompt_tokens)
+        by_worker.labels(pool.name, worker.name, "completion").inc(usage.completion_tokens)
+        if self.meter is not None and ctx.meter is not None:
+            self.meter.settle(ctx.meter, worker, pool.model, usage, watch)
 
 
 def _error_message(raw: bytes) -> str | None:

@@ -24,7 +24,7 @@ from gateway.pool import PoolRegistry
 from gateway.protocol import ChatCompletionRequest, CompletionRequest, parse_request
 from gateway.proxy import RequestContext, Upstream
 from gateway.sse import ClientDisconnected, DisconnectAwareStream, cancel_on_disconnect
-from gateway.strategy_runner import StrategyRunner
+from gateway.strategy_runner import StrategyRunner, cost_headers
 from strategies import (
     REGISTRY,
     Budgets,
@@ -211,6 +211,8 @@ async def _sampling(request: Request, endpoint: str) -> Response:
         ctx.strategy = spec.name
         pool = state.pools.for_model(parsed.model)
         model = pool.model
+        if state.upstream.meter is not None:
+            ctx.meter = state.upstream.meter.request(model, spec.name)
         forward = {k: v for k, v in body.items() if k != "ttc"}
         if spec.run is not None:
             return await _run_strategy(
@@ -242,6 +244,9 @@ async def _sampling(request: Request, endpoint: str) -> Response:
             request.receive, state.upstream.complete(pool, ctx, forward, parsed.n)
         )
         status = 200
+        if ctx.meter is not None:
+            result["ttc"] = {"strategy": spec.name, **ctx.meter.report(state.upstream.meter)}
+            headers.update(cost_headers(result["ttc"]))
         response = Response(orjson.dumps(result), media_type="application/json", headers=headers)
         state.metrics.overhead.labels(spec.name).observe(
             time.perf_counter() - ctx.arrived - ctx.upstream_s

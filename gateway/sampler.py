@@ -67,6 +67,7 @@ class _Stream:
     offset: int
     count: int
     tally: StreamTally
+    watch: object | None = None  # the meter's handle on this stream
     reader: asyncio.Task[None] | None = None
     closed: bool = False
 
@@ -173,7 +174,9 @@ class UpstreamBatch:
         else:
             await self.upstream.abort(stream.pool, stream.ctx, stream.lease.worker, stream.response)
         stream.lease.release()
-        self.upstream.count_tokens(stream.pool, stream.tally.usage())
+        self.upstream.count_tokens(
+            stream.pool, stream.lease.worker, stream.ctx, stream.tally.usage(), stream.watch
+        )
 
     async def close(self) -> None:
         for stream in self.streams:
@@ -256,6 +259,8 @@ class PoolSampler:
                     strategy=self.ctx.strategy,
                     arrived=self.ctx.arrived,
                     deadline_s=self.ctx.deadline_s,
+                    meter=self.ctx.meter,
+                    role=role or "default",
                 )
                 lease, response = await self.upstream.open(
                     pool,
@@ -265,6 +270,7 @@ class PoolSampler:
                 )
                 if sticky is not None:
                     self._sticky[sticky] = lease.worker
+                tally = StreamTally(pool.adapter.usage_counts_all_choices)
                 streams.append(
                     _Stream(
                         pool,
@@ -273,7 +279,8 @@ class PoolSampler:
                         response,
                         offset,
                         size,
-                        StreamTally(pool.adapter.usage_counts_all_choices),
+                        tally,
+                        self.upstream.watch(lease.worker, ctx, tally),
                     )
                 )
                 offset += size
@@ -311,6 +318,28 @@ class PoolSampler:
             "aborted": aborted,
             "failed": failed,
         }
+
+    def tokens_saved_by_early_stop(self, cap: int | None) -> int:
+        """An estimate of the tokens the aborted samples would still have generated: per
+        aborted sample, the mean length of the finished ones (capped at ``cap``) minus what it
+        had produced. Conservative: samples still running when others finished tend to be
+        the longer ones."""
+        finished: list[int] = []
+        aborted: list[int] = []
+        for batch in self.batches:
+            for stream in batch.streams:
+                for i in range(stream.count):
+                    sample, tokens = stream.offset + i, stream.tally.choice(i).tokens
+                    if sample in batch.cancelled and sample not in batch.finished:
+                        aborted.append(tokens)
+                    elif sample in batch.finished and sample not in batch.failed:
+                        finished.append(tokens)
+        if not finished or not aborted:
+            return 0
+        expected = sum(finished) / len(finished)
+        if cap is not None:
+            expected = min(expected, cap)
+        return round(sum(max(0.0, expected - t) for t in aborted))
 
     def sample_tokens(self) -> list[int]:
         """Completion tokens of every sample of every batch, in launch order."""

@@ -30,6 +30,17 @@ from strategies.sampling import SampleRequest
 HEARTBEAT_S = 1.0
 
 
+def cost_headers(report: dict[str, Any]) -> dict[str, str]:
+    """``X-TTC-Cost-USD`` and ``X-TTC-Energy-J`` from a report that has cost and energy."""
+    if "cost_usd" not in report:
+        return {}
+    return {
+        "X-TTC-Cost-USD": f"{report['cost_usd']:.8g}",
+        "X-TTC-Energy-J": f"{report['energy_joules']:.6g}",
+        "X-TTC-Energy-Method": report["energy"]["method"],
+    }
+
+
 @dataclass
 class StrategyResult:
     outcome: StrategyOutcome
@@ -46,6 +57,7 @@ class StrategyResult:
             "X-TTC-Wasted-Tokens": str(self.report["wasted_tokens"]),
             "X-TTC-Time-To-Decision-Ms": str(self.report["time_to_decision_ms"]),
             "X-TTC-Truncated": "true" if self.report["truncated"] else "false",
+            **cost_headers(self.report),
         }
 
 
@@ -100,9 +112,32 @@ class StrategyRunner:
             "wasted_tokens": max(0, usage.completion_tokens - int(decision["tokens"])),
             "time_to_decision_ms": round((decision["at"] - ctx.arrived) * 1000, 1),
             "truncated": outcome.truncated,
+            "early_stop_saved_tokens": sampler.tokens_saved_by_early_stop(
+                body.get("max_completion_tokens") or body.get("max_tokens")
+            ),
             **({"decisions": outcome.report} if outcome.report else {}),
         }
+        if ctx.meter is not None:
+            report.update(ctx.meter.report(self.upstream.meter))
+        self._observe(spec.name, model, report)
         return StrategyResult(outcome, usage, report)
+
+    def _observe(self, strategy: str, model: str, report: dict[str, Any]) -> None:
+        """The strategy's economics, as metrics."""
+        m = self.metrics
+        m.time_to_decision.labels(strategy, model).observe(report["time_to_decision_ms"] / 1000)
+        for outcome in ("finished", "aborted", "failed"):
+            m.samples.labels(strategy, outcome).inc(report["samples"][outcome])
+        m.tokens.labels(model, "default", "wasted").inc(report["wasted_tokens"])
+        decisions = report.get("decisions") or {}
+        if "agreement" in decisions and report["votes"]:
+            m.vote_agreement.labels(strategy).observe(decisions["agreement"])
+        if "escalated" in decisions:
+            m.cascade_decisions.labels("escalated" if decisions["escalated"] else "accepted").inc()
+        if strategy == "spec_reason":
+            m.spec_reason_steps.labels("accepted").inc(decisions.get("accepted", 0))
+            m.spec_reason_steps.labels("rejected").inc(decisions.get("rejected", 0))
+        m.early_stop_saved_tokens.labels(strategy).inc(report["early_stop_saved_tokens"])
 
     # -- answers ----------------------------------------------------------------------------
     @staticmethod

@@ -1,0 +1,143 @@
+"""What each engine says about itself on ``/metrics``, under one set of names.
+
+At every health check the pool reads the worker's own Prometheus page and keeps the figures
+below; ``EngineCollector`` exports the latest of them as ``ttc_engine_*`` series labelled with
+pool, worker and engine, so one dashboard query covers vLLM, SGLang and llama.cpp alike.
+
+=========================  ======================  ==================  ============================
+figure                     vLLM (``vllm:``)        SGLang (``sglang:``)  llama.cpp (``llamacpp:``)
+=========================  ======================  ==================  ============================
+requests_running           num_requests_running    num_running_reqs    requests_processing
+requests_waiting           num_requests_waiting    num_queue_reqs      requests_deferred
+kv_cache_usage_ratio       kv_cache_usage_perc     token_usage         (not exported any more)
+prefix_cache_hit_tokens    prefix_cache_hits       cached_tokens       prompt_tokens_cached
+prefix_cache_query_tokens  prefix_cache_queries    prompt_tokens       cached + prompt_tokens
+prompt_tokens              prompt_tokens           prompt_tokens       prompt_tokens
+generation_tokens          generation_tokens       generation_tokens   tokens_predicted
+=========================  ======================  ==================  ============================
+
+Counters carry ``_total`` on the wire.
+llama.cpp's ``prompt_tokens_total`` counts the prompt tokens it computed, so its prefix-cache
+queries are those plus the cached ones. A figure an engine does not export is simply absent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
+
+import aiohttp
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
+
+from gateway.config import EngineKind
+
+if TYPE_CHECKING:
+    from gateway.pool import WorkerPool
+
+EngineStats = dict[str, float]
+
+GAUGES = {
+    "requests_running": "Requests the engine is running (its own count)",
+    "requests_waiting": "Requests queued in the engine",
+    "kv_cache_usage_ratio": "Share of the engine's KV cache in use, 0-1",
+}
+COUNTERS = {
+    "prefix_cache_hit_tokens": "Prompt tokens served from the engine's prefix cache",
+    "prefix_cache_query_tokens": "Prompt tokens looked up in the engine's prefix cache",
+    "prompt_tokens": "Prompt tokens the engine processed",
+    "generation_tokens": "Tokens the engine generated, aborted requests included",
+}
+
+_NAMES: dict[EngineKind, dict[str, str]] = {
+    EngineKind.VLLM: {
+        "vllm:num_requests_running": "requests_running",
+        "vllm:num_requests_waiting": "requests_waiting",
+        "vllm:kv_cache_usage_perc": "kv_cache_usage_ratio",
+        "vllm:gpu_cache_usage_perc": "kv_cache_usage_ratio",  # before vLLM 0.10
+        "vllm:prefix_cache_hits_total": "prefix_cache_hit_tokens",
+        "vllm:prefix_cache_queries_total": "prefix_cache_query_tokens",
+        "vllm:prompt_tokens_total": "prompt_tokens",
+        "vllm:generation_tokens_total": "generation_tokens",
+    },
+    EngineKind.SGLANG: {
+        "sglang:num_running_reqs": "requests_running",
+        "sglang:num_queue_reqs": "requests_waiting",
+        "sglang:token_usage": "kv_cache_usage_ratio",
+        "sglang:cached_tokens_total": "prefix_cache_hit_tokens",
+        "sglang:prompt_tokens_total": "prompt_tokens",
+        "sglang:generation_tokens_total": "generation_tokens",
+    },
+    EngineKind.LLAMACPP: {
+        "llamacpp:requests_processing": "requests_running",
+        "llamacpp:requests_deferred": "requests_waiting",
+        "llamacpp:kv_cache_usage_ratio": "kv_cache_usage_ratio",
+        "llamacpp:prompt_tokens_cached_total": "prefix_cache_hit_tokens",
+        "llamacpp:prompt_tokens_total": "prompt_tokens",
+        "llamacpp:tokens_predicted_total": "generation_tokens",
+    },
+}
+
+
+def parse_engine_metrics(engine: EngineKind, text: str) -> EngineStats:
+    """The figures of one ``/metrics`` page, summed over label sets (vLLM labels by model)."""
+    names = _NAMES.get(engine, {})
+    stats: EngineStats = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            figure = names.get(sample.name)
+            if figure is not None:
+                stats[figure] = stats.get(figure, 0.0) + sample.value
+    if engine is EngineKind.SGLANG and "prompt_tokens" in stats:
+        stats["prefix_cache_query_tokens"] = stats["prompt_tokens"]
+    if engine is EngineKind.LLAMACPP and "prompt_tokens" in stats:
+        stats["prefix_cache_query_tokens"] = stats["prompt_tokens"] + stats.get(
+            "prefix_cache_hit_tokens", 0.0
+        )
+    return stats
+
+
+async def scrape_engine(
+    session: aiohttp.ClientSession, url: str, engine: EngineKind, timeout_s: float
+) -> EngineStats | None:
+    """The worker's figures, or None if it exports none (or the page cannot be read)."""
+    if engine not in _NAMES:
+        return None
+    try:
+        async with session.get(
+            url + "/metrics", timeout=aiohttp.ClientTimeout(total=timeout_s)
+        ) as response:
+            if response.status != 200:
+                return None
+            text = await response.text()
+        return parse_engine_metrics(engine, text) or None
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return None
+
+
+class EngineCollector(Collector):
+    """Exports the latest engine figures of every worker of the pools given."""
+
+    def __init__(self, pools: Iterable[WorkerPool]) -> None:
+        self.pools = list(pools)
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["pool", "worker", "engine"]
+        families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
+            **{
+                f: GaugeMetricFamily(f"ttc_engine_{f}", doc, labels=labels)
+                for f, doc in GAUGES.items()
+            },
+            **{
+                f: CounterMetricFamily(f"ttc_engine_{f}", doc, labels=labels)
+                for f, doc in COUNTERS.items()
+            },
+        }
+        for pool in self.pools:
+            for worker in pool.workers:
+                for figure, value in (worker.engine_stats or {}).items():
+                    families[figure].add_metric(
+                        [pool.name, worker.name, pool.config.engine.value], value
+                    )
+        yield from families.values()
