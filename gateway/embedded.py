@@ -17,6 +17,7 @@ import urllib.request
 from collections import deque
 from types import TracebackType
 
+from gateway import llamacpp_worker
 from gateway.config import EmbeddedLlamaCppConfig, GatewaySettings, PoolConfig, WorkerConfig
 
 log = logging.getLogger("ttc.embedded")
@@ -49,19 +50,13 @@ class EmbeddedLlamaCpp:
             engine_log.debug("%s", line.rstrip())
 
     def start(self) -> None:
-        command = [
+        command = llamacpp_worker.command(
             sys.executable,
-            "-m",
-            "gateway.llamacpp_worker",
-            "--port",
-            str(self.port),
-            "--parallel",
-            str(self.config.parallel),
-            "--context",
-            str(self.config.context),
-        ]
-        if self.config.model_path:
-            command += ["--model", self.config.model_path]
+            self.port,
+            parallel=self.config.parallel,
+            context=self.config.context,
+            model=self.config.model_path,
+        )
         self._process = subprocess.Popen(
             command,
             stdin=subprocess.PIPE,

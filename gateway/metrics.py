@@ -62,7 +62,7 @@ class GatewayMetrics:
             "Tokens of upstream calls, counted by the gateway, by kind: prompt, cached_prompt "
             "(part of prompt), completion (every sample, aborted ones included), wasted (part of "
             "completion: generated after the strategy decided)",
-            ["model", "role", "kind"],
+            ["strategy", "model", "role", "kind"],
             registry=r,
         )
         self.worker_tokens = Counter(

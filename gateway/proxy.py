@@ -333,9 +333,10 @@ class Upstream:
     ) -> None:
         """One upstream call ended: count its tokens, and price and meter it."""
         tokens, by_worker = self.metrics.tokens, self.metrics.worker_tokens
-        tokens.labels(pool.model, ctx.role, "prompt").inc(usage.prompt_tokens)
-        tokens.labels(pool.model, ctx.role, "completion").inc(usage.completion_tokens)
-        tokens.labels(pool.model, ctx.role, "cached_prompt").inc(usage.cached_tokens or 0)
+        labels = (ctx.strategy, pool.model, ctx.role)
+        tokens.labels(*labels, "prompt").inc(usage.prompt_tokens)
+        tokens.labels(*labels, "completion").inc(usage.completion_tokens)
+        tokens.labels(*labels, "cached_prompt").inc(usage.cached_tokens or 0)
         by_worker.labels(pool.name, worker.name, "prompt").inc(usage.prompt_tokens)
         by_worker.labels(pool.name, worker.name, "completion").inc(usage.completion_tokens)
         if self.meter is not None and ctx.meter is not None:

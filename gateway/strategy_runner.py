@@ -128,7 +128,7 @@ class StrategyRunner:
         m.time_to_decision.labels(strategy, model).observe(report["time_to_decision_ms"] / 1000)
         for outcome in ("finished", "aborted", "failed"):
             m.samples.labels(strategy, outcome).inc(report["samples"][outcome])
-        m.tokens.labels(model, "default", "wasted").inc(report["wasted_tokens"])
+        m.tokens.labels(strategy, model, "default", "wasted").inc(report["wasted_tokens"])
         decisions = report.get("decisions") or {}
         if "agreement" in decisions and report["votes"]:
             m.vote_agreement.labels(strategy).observe(decisions["agreement"])

@@ -22,6 +22,8 @@ from typing import Any
 
 import yaml
 
+from gateway.llamacpp_worker import command
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -75,17 +77,7 @@ def llamacpp_worker(
     # a file, not a pipe: llama.cpp blocks (and stops serving) once a pipe is full
     with tempfile.TemporaryFile() as log:
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gateway.llamacpp_worker",
-                "--port",
-                str(port),
-                "--parallel",
-                str(parallel),
-                "--context",
-                str(context),
-            ],
+            command(sys.executable, port, parallel=parallel, context=context),
             stdin=subprocess.PIPE,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -104,8 +96,10 @@ def gateway_cli(
     *extra_args: str,
     env: dict[str, str] | None = None,
     timeout_s: float = 90,
+    ready_path: str = "/ready",
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """``ttc-gateway serve`` exactly as a user runs it, in a subprocess; stopped with Ctrl-C."""
+    """``ttc-gateway serve`` exactly as a user runs it, in a subprocess; stopped with Ctrl-C.
+    Up once ``ready_path`` answers 200 (``/health`` when a pool is meant to be down)."""
     port = free_port()
     args = [sys.executable, "-m", "gateway", "serve", "--port", str(port), *extra_args]
     with tempfile.TemporaryDirectory() as tmp:
@@ -122,7 +116,7 @@ def gateway_cli(
         )
         url = f"http://127.0.0.1:{port}"
         try:
-            wait_http_ok(url + "/ready", timeout_s, process)
+            wait_http_ok(url + ready_path, timeout_s, process)
             yield url, process
         finally:
             stop_process(process, signal.SIGINT)

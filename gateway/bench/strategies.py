@@ -307,8 +307,8 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
 
 
 # -- SSE and engine metrics parsing -------------------------------------------------------------
-def finish_reasons(line: bytes) -> list[str]:
-    """The ``finish_reason`` values carried by one SSE line (``data: {...}``), if any."""
+def choice_events(line: bytes) -> list[tuple[int, str, str | None]]:
+    """``(index, text, finish_reason)`` of each choice in one SSE line (``data: {...}``)."""
     if not line.startswith(b"data:"):
         return []
     data = line[5:].strip()
@@ -323,10 +323,19 @@ def finish_reasons(line: bytes) -> list[str]:
     if "error" in event:
         raise BenchError(f"stream ended with an error event: {data[:300]!r}")
     return [
-        c["finish_reason"]
+        (
+            int(c.get("index", 0)),
+            (c.get("delta") or {}).get("content") or "",
+            c.get("finish_reason"),
+        )
         for c in event.get("choices") or []
-        if isinstance(c, dict) and c.get("finish_reason")
+        if isinstance(c, dict)
     ]
+
+
+def finish_reasons(line: bytes) -> list[str]:
+    """The ``finish_reason`` values carried by one SSE line, if any."""
+    return [reason for _, _, reason in choice_events(line) if reason]
 
 
 def generated_tokens(metrics_text: str) -> int | None:
@@ -353,15 +362,22 @@ def _times(value: float | None) -> str:
 
 @dataclass
 class FastestSample:
-    """Per problem, ms from sending a streamed ``single`` request with ``n=k`` to its first
-    finished choice (any reason), and to its first choice finished with ``stop``."""
+    """Per problem, from sending a streamed ``single`` request with ``n=k``: ms to its first
+    finished choice (any reason: a ``length`` cut too), and ms to the first choice that finished
+    with ``stop`` and an extractable answer, the rule ``first_finish`` decides by (when no
+    choice does, the end of the stream, when ``first_finish`` must stop waiting too)."""
 
     first_ms: list[float] = field(default_factory=list)
-    first_stop_ms: list[float] = field(default_factory=list)
+    first_answer_ms: list[float] = field(default_factory=list)
+    answered: int = 0  # problems where some choice finished with an answer
     errors: int = 0
 
     @property
     def p50_ms(self) -> float | None:
+        return percentile(self.first_answer_ms, 50) if self.first_answer_ms else None
+
+    @property
+    def any_finish_p50_ms(self) -> float | None:
         return percentile(self.first_ms, 50) if self.first_ms else None
 
 
@@ -432,13 +448,16 @@ def ratios_and_targets(
 
     first_ratio = ratio(wall(first), fastest_p50)
     if fastest is not None and fastest_p50 is not None:
-        stop_p50 = percentile(fastest.first_stop_ms, 50) if fastest.first_stop_ms else None
+        any_p50 = fastest.any_finish_p50_ms
         lines.append(
             f"- first_finish wall p50 {_num(wall(first))} ms vs fastest single sample p50 "
-            f"{fastest_p50:,.0f} ms: {_times(first_ratio)} (fastest single sample: per problem, "
-            f"a streamed `single` request with n={k}, time to its first finished choice; first "
-            f"choice finished with `stop`: p50 {_num(stop_p50)} ms over "
-            f"{len(fastest.first_stop_ms)}/{len(fastest.first_ms)} problems where one did)"
+            f"{fastest_p50:,.0f} ms: {_times(first_ratio)}. Fastest single sample: per problem, "
+            f"a streamed `single` request with n={k}, time to its first choice that finished "
+            f"with `stop` and an answer (first_finish's own rule; {fastest.answered}/"
+            f"{len(fastest.first_answer_ms)} problems had one, the others count the end of "
+            f"the stream). Time to the first finished choice of any kind (a `length` cut or no "
+            f"answer included): p50 {_num(any_p50)} ms, first_finish "
+            f"{_times(ratio(wall(first), any_p50))} of it"
         )
     verdicts.append(
         _at_most("first_finish wall p50 vs fastest single sample", first_ratio, TARGET_FIRST_FINISH)
@@ -685,9 +704,10 @@ async def run_optillm(
 
 async def first_finish_ms(
     session: aiohttp.ClientSession, target: Target, problem: Problem, sampling: Sampling
-) -> tuple[float, float | None]:
-    """One streamed ``single`` request with ``n=k``: ms to the first finished choice and to the
-    first ``stop``; the stream is closed after the first ``stop`` (or at its end)."""
+) -> tuple[float, float, bool]:
+    """One streamed ``single`` request with ``n=k``: ms to the first finished choice, ms to the
+    first choice finished with ``stop`` and an answer (else to the end of the stream), and
+    whether one did. The stream is closed at that point, which aborts the other choices."""
     body = {
         "model": target.model,
         "messages": build_messages(problem.question),
@@ -697,7 +717,7 @@ async def first_finish_ms(
         "stream": True,
     }
     first: float | None = None
-    first_stop: float | None = None
+    texts: dict[int, list[str]] = {}
     started = time.perf_counter()
     async with session.post(
         target.gateway_url + CHAT_PATH, json=body, headers={"X-TTC-Strategy": "single"}
@@ -705,17 +725,17 @@ async def first_finish_ms(
         if response.status != 200:
             raise BenchError(f"streamed single n={sampling.k} got {response.status}")
         async for line in response.content:
-            reasons = finish_reasons(line)
-            if not reasons:
-                continue
-            now = (time.perf_counter() - started) * 1000
-            first = now if first is None else first
-            if "stop" in reasons:
-                first_stop = now
-                break
+            for index, text, reason in choice_events(line):
+                texts.setdefault(index, []).append(text)
+                if reason is None:
+                    continue
+                now = (time.perf_counter() - started) * 1000
+                first = now if first is None else first
+                if reason == "stop" and answer_key("".join(texts[index])) is not None:
+                    return first, now, True
     if first is None:
         raise BenchError("streamed single request ended without a finished choice")
-    return first, first_stop
+    return first, (time.perf_counter() - started) * 1000, False
 
 
 async def measure_fastest_sample(
@@ -729,14 +749,16 @@ async def measure_fastest_sample(
     result = FastestSample()
     for problem in problems:
         try:
-            first, first_stop = await first_finish_ms(session, target, problem, sampling)
+            first, first_answer, answered = await first_finish_ms(
+                session, target, problem, sampling
+            )
         except (BenchError, aiohttp.ClientError, TimeoutError) as exc:
             _progress(f"  fastest-sample probe failed: {exc}")
             result.errors += 1
             continue
         result.first_ms.append(first)
-        if first_stop is not None:
-            result.first_stop_ms.append(first_stop)
+        result.first_answer_ms.append(first_answer)
+        result.answered += answered
         await asyncio.to_thread(settle)
     return result
 

@@ -269,7 +269,9 @@ def test_targets_pass_and_fail_on_the_measured_ratios() -> None:
         "short_m_at_k": _row("short_m_at_k", 2800, 6000, correct=6, wasted=300),
         OPTILLM: _row(OPTILLM, 4200, 1000),
     }
-    fastest = FastestSample(first_ms=[1000.0, 1200.0, 900.0], first_stop_ms=[1000.0])
+    fastest = FastestSample(
+        first_ms=[800.0, 900.0, 700.0], first_answer_ms=[1000.0, 1200.0, 900.0], answered=2
+    )
     lines, verdicts = ratios_and_targets(rows, fastest, k=8, m=3)
     results = {v.name: v.ok for v in verdicts}
     assert results == {
