@@ -144,13 +144,17 @@ class RequestMeter:
     def report(self, meter: Meter | None) -> dict[str, Any]:
         """The ``ttc.cost`` / ``ttc.energy`` figures for the answer."""
         provisional_j = provisional_usd = 0.0
+        methods = set(self.energy_methods)
         if meter is not None:
             for worker, work in self.open_work.items():
                 rate = meter.rates.get(worker)
                 if rate is not None:
                     provisional_j += work * rate[0]
                     provisional_usd += work * rate[1]
-        methods = sorted(self.energy_methods)
+                method = meter.energy_method(worker)
+                if work and method is not None:
+                    methods.add(method)
+        named = sorted(methods)
         return {
             "cost_usd": self.price_usd + self.infrastructure_usd + provisional_usd,
             "cost": {
@@ -161,7 +165,7 @@ class RequestMeter:
             "energy": {
                 "attributed_joules": self.energy_joules,
                 "provisional_joules": provisional_j,
-                "method": methods[0] if len(methods) == 1 else ("mixed" if methods else "none"),
+                "method": named[0] if len(named) == 1 else ("mixed" if named else "none"),
             },
         }
 
@@ -261,6 +265,10 @@ class Meter:
                 await self.tick()
             except Exception:  # a bug here must not stop metering
                 log.exception("metering tick failed")
+
+    def energy_method(self, worker: str) -> str | None:
+        state = self._workers.get(worker)
+        return state.source.method if state is not None and state.source is not None else None
 
     # -- requests ---------------------------------------------------------------------------
     def request(self, model: str, strategy: str) -> RequestMeter:

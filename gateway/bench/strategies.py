@@ -150,6 +150,9 @@ class Outcome:
     wasted_tokens: int = 0
     launched: int | None = None
     aborted: int | None = None
+    cost_usd: float | None = None  # ttc.cost_usd: price table + infrastructure
+    energy_j: float | None = None  # ttc.energy_joules
+    energy_method: str | None = None
     error: str | None = None
     anomalies: list[str] = field(default_factory=list)
 
@@ -194,8 +197,12 @@ def gateway_outcome(
     if headers.get("x-ttc-strategy") != strategy:
         anomalies.append(f"X-TTC-Strategy header is {headers.get('x-ttc-strategy')!r}")
     ttc = payload.get("ttc")
-    if not isinstance(ttc, dict):
-        if strategy != "single":
+    if isinstance(ttc, dict) and "cost_usd" in ttc:
+        outcome.cost_usd = float(ttc["cost_usd"])
+        outcome.energy_j = float(ttc["energy_joules"])
+        outcome.energy_method = (ttc.get("energy") or {}).get("method")
+    if not isinstance(ttc, dict) or strategy == "single":
+        if not isinstance(ttc, dict):
             anomalies.append("no `ttc` object in the body")
         outcome.launched, outcome.aborted = len(payload.get("choices") or []), 0
         return outcome
@@ -257,6 +264,9 @@ class Summary:
     launched: int | None
     aborted: int | None
     engine_tokens: int | None = None
+    cost_usd: float | None = None
+    energy_j: float | None = None
+    energy_methods: frozenset[str] = frozenset()
     anomalies: Counter[str] = field(default_factory=Counter)
     error_kinds: Counter[str] = field(default_factory=Counter)
 
@@ -265,8 +275,28 @@ class Summary:
         return self.correct / self.problems if self.problems else 0.0
 
     @property
+    def cost_per_correct(self) -> float | None:
+        """Cost-of-pass (Erol et al. 2025): dollars per correct answer; inf with none right."""
+        return _per_correct(self.cost_usd, self.correct)
+
+    @property
+    def joules_per_correct(self) -> float | None:
+        return _per_correct(self.energy_j, self.correct)
+
+    @property
     def wasted_share(self) -> float | None:
         return self.wasted_tokens / self.completion_tokens if self.completion_tokens else None
+
+
+def _per_correct(total: float | None, correct: int) -> float | None:
+    if total is None:
+        return None
+    return total / correct if correct else float("inf")
+
+
+def _sum_known_float(values: Sequence[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return sum(known) if known else None
 
 
 def _sum_known(values: Sequence[int | None]) -> int | None:
@@ -295,6 +325,9 @@ def summarize(
         launched=_sum_known([o.launched for o in ok]),
         aborted=_sum_known([o.aborted for o in ok]),
         engine_tokens=engine_tokens,
+        cost_usd=_sum_known_float([o.cost_usd for o in ok]),
+        energy_j=_sum_known_float([o.energy_j for o in ok]),
+        energy_methods=frozenset(o.energy_method for o in ok if o.energy_method),
         anomalies=Counter(a for o in ok for a in o.anomalies),
         error_kinds=Counter(o.error for o in outcomes if o.error is not None),
     )
@@ -385,17 +418,25 @@ def render_table(rows: Sequence[Summary]) -> list[str]:
     lines = [
         "| strategy | accuracy | completion tokens | prompt tokens | wasted tokens "
         "| engine-counted tokens | wall p50 ms | wall p95 ms | req/s | samples launched "
-        "| samples aborted | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| samples aborted | errors | cost $ | $ per correct | energy J | J per correct |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in rows:
+        method = "/".join(sorted(s.energy_methods))
         lines.append(
             f"| {s.name} | {s.correct}/{s.problems} ({s.accuracy:.0%}) "
             f"| {s.completion_tokens:,} | {s.prompt_tokens:,} | {s.wasted_tokens:,} "
             f"| {_num(s.engine_tokens)} | {_num(s.wall_p50_ms)} | {_num(s.wall_p95_ms)} "
-            f"| {s.requests_per_s:.3f} | {_num(s.launched)} | {_num(s.aborted)} | {s.errors} |"
+            f"| {s.requests_per_s:.3f} | {_num(s.launched)} | {_num(s.aborted)} | {s.errors} "
+            f"| {_money(s.cost_usd)} | {_money(s.cost_per_correct)} "
+            f"| {_num(s.energy_j, ',.1f')}{f' ({method})' if method else ''} "
+            f"| {_num(s.joules_per_correct, ',.1f')} |"
         )
     return lines
+
+
+def _money(value: float | None) -> str:
+    return "-" if value is None else ("∞" if value == float("inf") else f"{value:.6f}")
 
 
 @dataclass

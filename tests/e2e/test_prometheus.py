@@ -151,6 +151,15 @@ def metered_gateway(llamacpp: tuple[str, Any]) -> Iterator[str]:
             yield url
 
 
+def ttc_cached(body: bytes) -> int:
+    details = json.loads(body)["usage"].get("prompt_tokens_details") or {}
+    return int(details.get("cached_tokens") or 0)
+
+
+def ttc_cached_price(body: bytes) -> float:
+    return ttc_cached(body) * 1e-4
+
+
 async def _traffic(gateway: str) -> None:
     client = openai.AsyncOpenAI(
         base_url=gateway + "/v1", api_key="unused", max_retries=0, timeout=180
@@ -178,7 +187,24 @@ async def _traffic(gateway: str) -> None:
     # Counters appear at their first increment; rate() needs them in two scrapes, so each kind
     # of event happens once early, and again after more than a scrape interval.
     await ask_dead_pool()
-    await ask("single")
+    # Every answer carries its cost and energy, in the body and in headers.
+    raw = await client.chat.completions.with_raw_response.create(
+        model="smollm2",
+        messages=question,  # type: ignore[arg-type]
+        max_tokens=16,
+        extra_headers={"X-TTC-Strategy": "majority_vote", "X-TTC-K": "2"},
+    )
+    ttc = json.loads(raw.content)["ttc"]
+    usage = raw.parse().usage
+    assert usage is not None
+    prompt_price = (usage.prompt_tokens - (ttc_cached(raw.content) or 0)) * 1e-3
+    assert ttc["cost"]["price_table_usd"] == pytest.approx(
+        prompt_price + ttc_cached_price(raw.content) + usage.completion_tokens * 1.0
+    )
+    assert ttc["energy"]["method"] == "estimated" and ttc["energy_joules"] >= 0
+    assert float(raw.headers["X-TTC-Cost-USD"]) == pytest.approx(ttc["cost_usd"], rel=1e-6)
+    assert float(raw.headers["X-TTC-Energy-J"]) == pytest.approx(ttc["energy_joules"], rel=1e-5)
+    assert raw.headers["X-TTC-Energy-Method"] == "estimated"
     await asyncio.sleep(2.5)
     await ask("single")
     stream = await client.chat.completions.create(

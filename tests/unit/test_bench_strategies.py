@@ -179,13 +179,34 @@ def test_contract_breaches_are_listed() -> None:
     assert outcome.correct  # a breach is reported, the answer still scored
 
 
-def test_single_without_ttc_object_is_one_sample() -> None:
+def test_single_is_one_sample_and_its_cost_counts_toward_cost_of_pass() -> None:
+    ttc = {
+        "strategy": "single",
+        "cost_usd": 0.002,
+        "energy_joules": 3.5,
+        "energy": {"method": "estimated"},
+    }
     outcome = gateway_outcome(
-        "single", 200, {"x-ttc-strategy": "single"}, _reply("The answer is 7.", None), 5.0, "18"
+        "single", 200, {"x-ttc-strategy": "single"}, _reply("The answer is 7.", ttc), 5.0, "7"
     )
-    assert not outcome.correct
+    assert outcome.correct
     assert (outcome.launched, outcome.aborted, outcome.wasted_tokens) == (1, 0, 0)
+    assert (outcome.cost_usd, outcome.energy_j, outcome.energy_method) == (
+        0.002,
+        3.5,
+        "estimated",
+    )
     assert outcome.anomalies == []
+    wrong = gateway_outcome(
+        "single", 200, {"x-ttc-strategy": "single"}, _reply("The answer is 8.", ttc), 5.0, "7"
+    )
+    row = summarize("single", [outcome, outcome, wrong], 1.0)
+    assert row.cost_per_correct == 0.006 / 2 and row.joules_per_correct == 10.5 / 2
+    assert summarize("single", [wrong], 1.0).cost_per_correct == float("inf")
+    without = gateway_outcome(
+        "single", 200, {"x-ttc-strategy": "single"}, _reply("The answer is 7.", None), 5.0, "7"
+    )
+    assert without.anomalies == ["no `ttc` object in the body"]
 
 
 def test_strategy_reply_without_ttc_object_is_a_breach() -> None:
