@@ -43,8 +43,8 @@ async def test_strategy_answers_and_accounts(
     assert answer.usage is not None
     assert answer.usage.completion_tokens == sum(report["sample_tokens"])
     assert raw.headers["x-ttc-samples-launched"] == "4"
-    if strategy == "majority_vote":
-        assert samples["aborted"] == 0
+    if strategy == "majority_vote":  # aborts only once the vote cannot change
+        assert (samples["aborted"] > 0) == report["decisions"]["settled_early"]
     if strategy == "short_m_at_k" and samples["aborted"]:
         assert len(report["decisions"]["done"]) == 2
 
