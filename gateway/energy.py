@@ -13,6 +13,7 @@ metrics and in each response's ``ttc.energy``.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -137,12 +138,11 @@ class ZeusdSource(EnergySource):
         self._session = session
 
     async def read(self) -> float:
+        text = await _get_text(self._session, self.url)
         try:
-            async with self._session.get(self.url, timeout=HTTP_TIMEOUT) as response:
-                response.raise_for_status()
-                data = await response.json(content_type=None)
+            data = json.loads(text)
             return sum(float(data[g]["energy_mj"]) for g in self.gpus) / 1000.0
-        except (aiohttp.ClientError, TimeoutError, KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError) as exc:
             raise EnergySourceError(f"zeusd: {exc!r} from {self.url}") from exc
 
 

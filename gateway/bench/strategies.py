@@ -40,7 +40,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import aiohttp
 import typer
@@ -294,12 +294,11 @@ def _per_correct(total: float | None, correct: int) -> float | None:
     return total / correct if correct else float("inf")
 
 
-def _sum_known_float(values: Sequence[float | None]) -> float | None:
-    known = [v for v in values if v is not None]
-    return sum(known) if known else None
+Number = TypeVar("Number", int, float)
 
 
-def _sum_known(values: Sequence[int | None]) -> int | None:
+def _sum_known(values: Sequence[Number | None]) -> Number | None:
+    """The sum of the values that are known; None if none is."""
     known = [v for v in values if v is not None]
     return sum(known) if known else None
 
@@ -325,8 +324,8 @@ def summarize(
         launched=_sum_known([o.launched for o in ok]),
         aborted=_sum_known([o.aborted for o in ok]),
         engine_tokens=engine_tokens,
-        cost_usd=_sum_known_float([o.cost_usd for o in ok]),
-        energy_j=_sum_known_float([o.energy_j for o in ok]),
+        cost_usd=_sum_known([o.cost_usd for o in ok]),
+        energy_j=_sum_known([o.energy_j for o in ok]),
         energy_methods=frozenset(o.energy_method for o in ok if o.energy_method),
         anomalies=Counter(a for o in ok for a in o.anomalies),
         error_kinds=Counter(o.error for o in outcomes if o.error is not None),
