@@ -36,6 +36,11 @@ VLLM_MODEL = os.environ.get("TTC_TEST_VLLM_MODEL", "smol")
 # Figures only vLLM and SGLang export (llama.cpp dropped its KV-usage gauge).
 NEEDS_VLLM = ("ttc_engine_kv_cache_usage_ratio",)
 RATE_WINDOW = "1m"  # what Grafana's $__rate_interval becomes here
+PRICE = {  # USD per token of the test's model; burns > $50/hour, so TTCBudgetBurn fires
+    "input_cost_per_token": 1e-3,
+    "cache_read_input_token_cost": 1e-4,
+    "output_cost_per_token": 1.0,
+}
 
 if shutil.which("prometheus") is None:
     if os.environ.get("CI"):
@@ -106,13 +111,7 @@ def metered_gateway(llamacpp: tuple[str, Any]) -> Iterator[str]:
             yaml.safe_dump(
                 {
                     "version": "test-expensive",
-                    "models": {
-                        "smollm2": {
-                            "input_cost_per_token": 1e-3,
-                            "cache_read_input_token_cost": 1e-4,
-                            "output_cost_per_token": 1.0,  # burns > $50/hour: the alert fires
-                        }
-                    },
+                    "models": {"smollm2": PRICE},
                 }
             )
         )
@@ -149,15 +148,6 @@ def metered_gateway(llamacpp: tuple[str, Any]) -> Iterator[str]:
         with gateway_cli(config, ready_path="/health") as (url, _):
             wait_http_ok(url + "/v1/models", 30)
             yield url
-
-
-def ttc_cached(body: bytes) -> int:
-    details = json.loads(body)["usage"].get("prompt_tokens_details") or {}
-    return int(details.get("cached_tokens") or 0)
-
-
-def ttc_cached_price(body: bytes) -> float:
-    return ttc_cached(body) * 1e-4
 
 
 async def _traffic(gateway: str) -> None:
@@ -197,9 +187,12 @@ async def _traffic(gateway: str) -> None:
     ttc = json.loads(raw.content)["ttc"]
     usage = raw.parse().usage
     assert usage is not None
-    prompt_price = (usage.prompt_tokens - (ttc_cached(raw.content) or 0)) * 1e-3
+    details = usage.prompt_tokens_details
+    cached = (details.cached_tokens if details is not None else None) or 0
     assert ttc["cost"]["price_table_usd"] == pytest.approx(
-        prompt_price + ttc_cached_price(raw.content) + usage.completion_tokens * 1.0
+        (usage.prompt_tokens - cached) * PRICE["input_cost_per_token"]
+        + cached * PRICE["cache_read_input_token_cost"]
+        + usage.completion_tokens * PRICE["output_cost_per_token"]
     )
     assert ttc["energy"]["method"] == "estimated" and ttc["energy_joules"] >= 0
     assert float(raw.headers["X-TTC-Cost-USD"]) == pytest.approx(ttc["cost_usd"], rel=1e-6)
