@@ -70,6 +70,7 @@ INSTRUCTION = 'Reason step by step, then end with "The answer is <number>."'
 REQUEST_TIMEOUT_S = 300.0
 OPTILLM = "optillm"
 OPTILLM_APPROACH = "majority_voting"
+OPTILLM_USER_PREFIX = "User: "  # optillm's parse_conversation: f"User: {content}"
 EARLY_STOP = ("first_finish", "short_m_at_k")
 # Engine counters of generated tokens, by engine: llama.cpp server, vLLM.
 ENGINE_TOKEN_COUNTERS = ("llamacpp:tokens_predicted_total", "vllm:generation_tokens_total")
@@ -126,8 +127,21 @@ def load_problems(path: Path, limit: int) -> list[Problem]:
 
 
 def build_messages(question: str) -> list[dict[str, str]]:
-    # An explicit system message: without one, chat templates such as SmolLM2's insert a default
-    # one, while optillm always sends its own (empty) system message; the prompts then differ.
+    """The chat the gateway gets for a problem: the one the engine sees from optillm too.
+
+    optillm's proxy flattens a conversation into one user turn, ``"User: <content>"`` (its
+    ``parse_conversation``), before its plugin sends ``[system, user]`` upstream; the gateway
+    forwards messages unchanged. So the gateway gets the flattened turn and optillm the plain one
+    (``optillm_messages``): both engines' prompts are the same text, and wall time and tokens
+    compare like for like. An explicit system message, because without one chat templates such
+    as SmolLM2's insert a default one while optillm always sends its own (empty) one.
+    """
+    system, user = optillm_messages(question)
+    return [system, {"role": "user", "content": OPTILLM_USER_PREFIX + user["content"]}]
+
+
+def optillm_messages(question: str) -> list[dict[str, str]]:
+    """What the benchmark sends optillm, which forwards it as ``build_messages`` does."""
     return [
         {"role": "system", "content": SYSTEM_MESSAGE},
         {"role": "user", "content": f"{question}\n\n{INSTRUCTION}"},
@@ -730,7 +744,7 @@ async def run_optillm(
     async def one(problem: Problem) -> Outcome:
         body = {
             "model": model,
-            "messages": build_messages(problem.question),
+            "messages": optillm_messages(problem.question),
             "max_tokens": sampling.max_tokens,
             "temperature": sampling.temperature,
             "optillm_approach": OPTILLM_APPROACH,  # server.py proxy(): body field > --approach
@@ -1027,8 +1041,10 @@ def _run(
         f"{concurrency} problem(s) in flight; per-request timeout {REQUEST_TIMEOUT_S:.0f} s; "
         "strategies run one after another in the order shown.",
         "",
-        f"Prompt: system `{SYSTEM_MESSAGE}`; user: the question, a blank line, then "
-        f"`{INSTRUCTION}`. Correct = `answer_key(reply) == gold`.",
+        f"Prompt: system `{SYSTEM_MESSAGE}`; user: `{OPTILLM_USER_PREFIX}`, the question, a "
+        f"blank line, then `{INSTRUCTION}` (optillm gets the turn without `{OPTILLM_USER_PREFIX}`"
+        " and adds it itself, so the engine sees the same prompt from both). "
+        "Correct = `answer_key(reply) == gold`.",
         "",
         "Columns: tokens are `usage` as each server reports it (the gateway sums every sample, "
         "aborted ones included); engine-counted tokens are the engine's own generated-token "
@@ -1199,7 +1215,7 @@ def _optillm_notes(log_path: Path, summary: Summary, k: int) -> list[str]:
             f"({summary.engine_tokens / summary.completion_tokens:.2f}x): optillm passes on the "
             "upstream response's `usage`, whatever the engine counts in it for n > 1"
         )
-    notes.append("optillm reports no prompt tokens, and sends the user turn as `User: <text>`")
+    notes.append("optillm reports no prompt tokens")
     return notes
 
 

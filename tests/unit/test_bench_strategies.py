@@ -23,6 +23,7 @@ from gateway.bench.strategies import (
     gold_key,
     is_correct,
     load_problems,
+    optillm_messages,
     optillm_outcome,
     ratios_and_targets,
     render_table,
@@ -102,8 +103,20 @@ def test_prompt_asks_for_the_answer_sentence_after_the_question() -> None:
     system, user = build_messages("How many eggs?")
     assert system["role"] == "system" and system["content"]
     assert user["role"] == "user"
-    assert user["content"].startswith("How many eggs?\n\n")
+    assert user["content"].startswith("User: How many eggs?\n\n")
     assert user["content"].endswith('end with "The answer is <number>."')
+
+
+def test_the_engine_gets_the_same_prompt_through_optillm_and_the_gateway() -> None:
+    """optillm 0.4.0's parse_conversation turns each user message into "User: <content>" and
+    its majority_voting plugin sends [system, that turn]; the gateway forwards as it is given."""
+    sent_to_optillm = optillm_messages("How many eggs?")
+    system = next(m["content"] for m in sent_to_optillm if m["role"] == "system")
+    flattened = "\n".join(f"User: {m['content']}" for m in sent_to_optillm if m["role"] == "user")
+    assert build_messages("How many eggs?") == [
+        {"role": "system", "content": system},
+        {"role": "user", "content": flattened},
+    ]
 
 
 @pytest.mark.parametrize(
