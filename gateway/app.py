@@ -13,6 +13,7 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
 from gateway import __version__
+from gateway.access import AccessControl, PriceCeiling, open_store
 from gateway.config import GatewaySettings
 from gateway.engine_metrics import EngineCollector
 from gateway.errors import install_error_handlers
@@ -37,14 +38,24 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         raise ValueError("create_app needs embedded pools resolved to worker URLs first")
 
     metrics = GatewayMetrics()
-    pools = PoolRegistry([WorkerPool(p, settings.health, metrics) for p in settings.pools])
+    pools = PoolRegistry(
+        [WorkerPool(p, settings.health, metrics, settings.circuit_breaker) for p in settings.pools]
+    )
     metrics.registry.register(EngineCollector(pools.pools))
     meter = Meter(settings.metering, load_price_book(settings.metering.prices_file), pools, metrics)
+    access = AccessControl(
+        settings.auth,
+        settings.state,
+        open_store(settings.auth, settings.state),
+        metrics,
+        PriceCeiling.of(meter.prices, pools.models),
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await pools.start()
         await meter.start()
+        await access.start()
         for pool in pools.pools:
             healthy = sum(w.healthy for w in pool.workers)
             log.info(
@@ -61,6 +72,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         finally:
             await meter.close()
             await pools.close()
+            await access.close()
 
     app = FastAPI(
         title="ttc-gateway",
@@ -70,7 +82,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     )
     upstream = Upstream(metrics, meter)
     app.state.gateway = GatewayState(
-        settings, pools, upstream, metrics, StrategyRunner(pools, upstream, metrics)
+        settings, pools, upstream, metrics, StrategyRunner(pools, upstream, metrics), access
     )
     install_error_handlers(app)
     app.include_router(router)

@@ -1,4 +1,4 @@
-"""The ``ttc-gateway`` command: ``serve`` now; benchmarks and admin tools as sub-commands."""
+"""The ``ttc-gateway`` command: ``serve``, ``check-config``, ``keys`` (API keys), ``bench``."""
 
 from __future__ import annotations
 
@@ -113,6 +113,8 @@ def check_config(config: ConfigOption = None) -> None:
 
 def main() -> None:
     from gateway.bench import bench_app
+    from gateway.keys_cli import keys_app
 
     cli.add_typer(bench_app, name="bench")
+    cli.add_typer(keys_app, name="keys")
     cli()

@@ -10,6 +10,7 @@ embedded default (a llama.cpp worker serving SmolLM2-135M-Instruct, no GPU neede
 
 from __future__ import annotations
 
+import os
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -189,10 +190,44 @@ class MeteringConfig(_Strict):
     )
 
 
+class AuthConfig(_Strict):
+    """API keys (``ttc-gateway keys``): where they live and when they are required."""
+
+    mode: Literal["auto", "on", "off"] = Field(
+        "auto", description="auto: keys are required once at least one exists; on: always; off"
+    )
+    keys_file: str | None = Field(
+        None,
+        description="Without Redis: the JSON file `ttc-gateway keys --keys-file` writes "
+        "(one replica; counters live in its memory)",
+    )
+
+
+class SharedStateConfig(_Strict):
+    """Redis, for anything replicas must agree on (keys, limits, budgets); also ``REDIS_URL``."""
+
+    redis_url: str | None = Field(
+        None, description="redis://host:6379/0; none: process memory (one replica)"
+    )
+    on_failure: Literal["open", "closed"] = Field(
+        "open",
+        description="Redis unreachable: open serves keys seen before without limits; "
+        "closed answers 503",
+    )
+    timeout_s: float = Field(0.5, gt=0, description="Longest wait for one Redis call")
+
+
 class HealthCheckConfig(_Strict):
     interval_s: float = Field(5.0, gt=0)
     timeout_s: float = Field(2.0, gt=0)
     failures_to_mark_down: int = Field(2, ge=1)
+
+
+class CircuitBreakerConfig(_Strict):
+    """Per worker: stop sending after consecutive failed calls, probe again after a cooldown."""
+
+    failures: int = Field(5, ge=1, description="Consecutive failed calls that open the circuit")
+    cooldown_s: float = Field(10.0, gt=0, description="Open this long before one probe request")
 
 
 def _embedded_default_pool() -> list[PoolConfig]:
@@ -216,7 +251,10 @@ class GatewaySettings(BaseSettings):
     server: ServerConfig = ServerConfig()
     limits: LimitsConfig = LimitsConfig()
     health: HealthCheckConfig = HealthCheckConfig()
+    circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
     metering: MeteringConfig = MeteringConfig()
+    auth: AuthConfig = AuthConfig()
+    state: SharedStateConfig = SharedStateConfig()
     default_strategy: str = "single"
     pools: list[PoolConfig] = Field(default_factory=_embedded_default_pool, min_length=1)
 
@@ -266,6 +304,11 @@ def load_settings(path: str | Path | None = None) -> GatewaySettings:
             raise ConfigError(f"{path}: the top level must be a mapping")
         data = loaded or {}
     try:
-        return GatewaySettings(**data)
+        settings = GatewaySettings(**data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc)) from None
+    redis_url = os.environ.get("REDIS_URL")
+    if redis_url and settings.state.redis_url is None:  # the conventional variable
+        state = settings.state.model_copy(update={"redis_url": redis_url})
+        settings = settings.model_copy(update={"state": state})
+    return settings

@@ -136,6 +136,7 @@ class RequestMeter:
     model: str
     strategy: str
     price_usd: float = 0.0
+    tokens: int = 0  # prompt + completion tokens of all its calls (for tokens/minute limits)
     infrastructure_usd: float = 0.0
     energy_joules: float = 0.0
     energy_methods: set[str] = field(default_factory=set)
@@ -294,6 +295,7 @@ class Meter:
         pulled from its stream yet (all of it for a call that was not watched)."""
         cost = self.prices.cost(model, usage)
         request.price_usd += cost
+        request.tokens += usage.prompt_tokens + usage.completion_tokens
         self.metrics.cost.labels("price_table", model, request.strategy).inc(cost)
         state = self._workers.get(worker.name)
         if state is None:

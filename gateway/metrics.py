@@ -191,3 +191,46 @@ class GatewayMetrics:
             buckets=OVERHEAD_BUCKETS,
             registry=r,
         )
+        self.access_denied = Counter(
+            "ttc_access_denied",
+            "Requests refused before any upstream call, by reason (missing_key, unknown_key, "
+            "revoked_key, max_k, strategy, rpm, tpm, tpm_request, budget)",
+            ["reason"],
+            registry=r,
+        )
+        self.shared_state_up = Gauge(
+            "ttc_shared_state_up",
+            "1 if the last call to the key store (redis or memory) succeeded, else 0",
+            ["backend"],
+            registry=r,
+        )
+        self.shared_state_errors = Counter(
+            "ttc_shared_state_errors",
+            "Failed calls to the key store, by operation (admit, settle)",
+            ["backend", "operation"],
+            registry=r,
+        )
+        self.shared_state_pending = Gauge(
+            "ttc_shared_state_pending_settlements",
+            "Settlements waiting for the key store to come back",
+            ["backend"],
+            registry=r,
+        )
+        self.degraded_admissions = Counter(
+            "ttc_degraded_admissions",
+            "Requests decided while the key store was down: let in (open) or refused with 503",
+            ["outcome"],
+            registry=r,
+        )
+        self.circuit_state = Gauge(
+            "ttc_worker_circuit_state",
+            "Each worker's circuit breaker: 0 closed, 1 half-open (one probe), 2 open",
+            ["pool", "worker"],
+            registry=r,
+        )
+        self.circuit_opened = Counter(
+            "ttc_worker_circuit_opened",
+            "Times a worker's circuit opened (consecutive failures, or a failed probe)",
+            ["pool", "worker"],
+            registry=r,
+        )

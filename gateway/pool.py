@@ -1,7 +1,8 @@
 """Worker pools: one long-lived HTTP client per pool, health checks, least-loaded selection.
 
-A ``WorkerPool`` owns the workers of one model/engine. ``lease()`` picks the healthy worker with
-the fewest requests in flight and returns a ``WorkerLease`` whose ``release()`` (called from a
+A ``WorkerPool`` owns the workers of one model/engine. ``lease()`` picks, among the healthy
+workers whose circuit breaker lets requests through (``gateway.breaker``), the one with the
+fewest requests in flight and returns a ``WorkerLease`` whose ``release()`` (called from a
 ``finally`` or ``async with``) gives the slot back on every exit path: success, error, timeout,
 client disconnect. A preferred worker (``prefer=``) is taken while it is healthy and has a free
 slot, so a step-wise strategy's calls reach the worker whose prefix cache holds their prompt.
@@ -18,12 +19,14 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
 from collections.abc import Iterable
 from types import TracebackType
 
 import aiohttp
 
-from gateway.config import HealthCheckConfig, PoolConfig, Role, WorkerConfig
+from gateway.breaker import BreakerState, CircuitBreaker
+from gateway.config import CircuitBreakerConfig, HealthCheckConfig, PoolConfig, Role, WorkerConfig
 from gateway.energy import BusyClock
 from gateway.engine_metrics import EngineStats, scrape_engine
 from gateway.engines import EngineAdapter, adapter_for
@@ -39,6 +42,7 @@ class Worker:
     """One engine server and what the gateway knows about it right now."""
 
     __slots__ = (
+        "breaker",
         "busy",
         "config",
         "consecutive_failures",
@@ -50,8 +54,9 @@ class Worker:
         "url",
     )
 
-    def __init__(self, config: WorkerConfig) -> None:
+    def __init__(self, config: WorkerConfig, breaker: CircuitBreakerConfig) -> None:
         self.config = config
+        self.breaker = CircuitBreaker(breaker.failures, breaker.cooldown_s)
         self.url = config.url.rstrip("/")
         self.name = self.url.split("://", 1)[-1]
         self.max_in_flight = config.max_in_flight
@@ -66,19 +71,21 @@ class Worker:
 
 
 class WorkerLease:
-    """A slot on one worker; released exactly once, whatever happens."""
+    """A slot on one worker; released exactly once, whatever happens. ``probe``: the request
+    that tests a worker whose circuit is half-open."""
 
-    __slots__ = ("_pool", "_released", "worker")
+    __slots__ = ("_pool", "_released", "probe", "worker")
 
-    def __init__(self, pool: WorkerPool, worker: Worker) -> None:
+    def __init__(self, pool: WorkerPool, worker: Worker, probe: bool = False) -> None:
         self._pool = pool
         self.worker = worker
+        self.probe = probe
         self._released = False
 
     def release(self) -> None:
         if not self._released:
             self._released = True
-            self._pool._release(self.worker)
+            self._pool._release(self.worker, self.probe)
 
     async def __aenter__(self) -> WorkerLease:
         return self
@@ -96,14 +103,19 @@ class WorkerPool:
     """The workers serving one model with one engine kind."""
 
     def __init__(
-        self, config: PoolConfig, health: HealthCheckConfig, metrics: GatewayMetrics
+        self,
+        config: PoolConfig,
+        health: HealthCheckConfig,
+        metrics: GatewayMetrics,
+        breaker: CircuitBreakerConfig | None = None,
     ) -> None:
         self.config = config
         self.name = config.name
         self.model = config.model
         self.upstream_model = config.upstream_model or config.model
         self.adapter: EngineAdapter = adapter_for(config.engine)
-        self.workers = [Worker(w) for w in config.workers]
+        self._breaker = breaker or CircuitBreakerConfig()
+        self.workers = [Worker(w, self._breaker) for w in config.workers]
         self._health = health
         self._metrics = metrics
         self._rotation = itertools.count()
@@ -136,7 +148,7 @@ class WorkerPool:
             await self._session.close()
 
     def add_worker(self, url: str, max_in_flight: int) -> Worker:
-        worker = Worker(WorkerConfig(url=url, max_in_flight=max_in_flight))
+        worker = Worker(WorkerConfig(url=url, max_in_flight=max_in_flight), self._breaker)
         self.workers.append(worker)
         return worker
 
@@ -148,10 +160,11 @@ class WorkerPool:
 
     # -- selection --------------------------------------------------------------------------
     def lease(self, exclude: Iterable[Worker] = (), prefer: Worker | None = None) -> WorkerLease:
-        """Take a slot on ``prefer`` when it is healthy and has room, else on the least-loaded
-        healthy worker (ties rotate), or raise 429/503."""
+        """Take a slot on ``prefer`` when it is healthy, its circuit lets requests through and
+        it has room, else on the least-loaded such worker (ties rotate), or raise 429/503."""
         excluded = set(map(id, exclude))
-        candidates = [w for w in self.workers if w.healthy and id(w) not in excluded]
+        healthy = [w for w in self.workers if w.healthy and id(w) not in excluded]
+        candidates = [w for w in healthy if w.breaker.allows()]
         if (
             prefer is not None
             and prefer.in_flight < prefer.max_in_flight
@@ -159,6 +172,16 @@ class WorkerPool:
         ):
             return self._take(prefer)
         if not candidates:
+            if healthy:
+                wait = min(w.breaker.seconds_until_probe() for w in healthy)
+                raise GatewayError(
+                    503,
+                    f"every worker for model {self.model!r} is failing (circuit open); "
+                    "retrying after Retry-After",
+                    type="server_overloaded",
+                    code="circuit_open",
+                    headers={"Retry-After": str(max(1, math.ceil(wait)))},
+                )
             raise overloaded(
                 f"no healthy worker is available for model {self.model!r}",
                 status=503,
@@ -177,15 +200,43 @@ class WorkerPool:
         return self._take(best)
 
     def _take(self, worker: Worker) -> WorkerLease:
+        probe = worker.breaker.state is BreakerState.HALF_OPEN
+        worker.breaker.started()
         worker.in_flight += 1
         worker.busy.started()
         self._metrics.worker_in_flight.labels(self.name, worker.name).inc()
-        return WorkerLease(self, worker)
+        return WorkerLease(self, worker, probe)
 
-    def _release(self, worker: Worker) -> None:
+    def _release(self, worker: Worker, probe: bool) -> None:
         worker.in_flight -= 1
         worker.busy.ended()
+        if probe:
+            worker.breaker.released()
         self._metrics.worker_in_flight.labels(self.name, worker.name).dec()
+
+    # -- circuit breaker --------------------------------------------------------------------
+    def call_failed(self, worker: Worker, kind: str) -> None:
+        """A call to ``worker`` failed (connect, timeout, 5xx, protocol)."""
+        if worker.breaker.failed():
+            log.warning(
+                "worker %s of pool %s: circuit open for %.0f s after %s",
+                worker.url,
+                self.name,
+                worker.breaker.cooldown_s,
+                kind,
+            )
+            self._metrics.circuit_opened.labels(self.name, worker.name).inc()
+        self._show_breaker(worker)
+
+    def call_succeeded(self, worker: Worker) -> None:
+        """A call to ``worker`` completed."""
+        if worker.breaker.state is not BreakerState.CLOSED:
+            log.info("worker %s of pool %s: circuit closed", worker.url, self.name)
+        worker.breaker.succeeded()
+        self._show_breaker(worker)
+
+    def _show_breaker(self, worker: Worker) -> None:
+        self._metrics.circuit_state.labels(self.name, worker.name).set(worker.breaker.state)
 
     def mark_failed(self, worker: Worker, reason: str) -> None:
         """Take a worker out of rotation until a health check brings it back."""
@@ -226,6 +277,7 @@ class WorkerPool:
             ):
                 self.mark_failed(worker, "health check failed")
         self._metrics.worker_healthy.labels(self.name, worker.name).set(1 if worker.healthy else 0)
+        self._show_breaker(worker)  # open turns half-open with time, not with an event
         if ok:
             worker.engine_stats = await scrape_engine(
                 self.session, worker.url, self.config.engine, self._health.timeout_s

@@ -1,9 +1,11 @@
 """Forwarding one request to one worker: the plumbing under the ``single`` strategy.
 
 ``Upstream.open`` sends a body to the best worker of a pool and returns the live response, or
-raises an OpenAI-style error: a worker that cannot be reached is taken out of rotation and the
-request retried on another (nothing was generated yet, so this is safe); a worker timeout is a
-504, a worker 5xx or a malformed answer a 502, a worker 4xx is passed on with its message.
+raises an OpenAI-style error: a worker that cannot be reached is taken out of rotation, and a
+worker that answers 5xx counts against its circuit breaker, and either way the request is
+retried on another worker (nothing reached the client yet, so this is safe); a worker timeout is
+a 504 (not retried: the work may be running), a worker 5xx or a malformed answer a 502, a worker
+4xx is passed on with its message.
 
 ``Upstream.complete`` and ``Upstream.stream`` answer a client from that response. Streams are
 relayed chunk by chunk; when the relay stops early (client gone, deadline) the upstream
@@ -91,7 +93,7 @@ class Upstream:
                     )
             except aiohttp.ClientConnectorError as exc:
                 lease.release()
-                self._count_error(pool, worker, "connect")
+                self.count_error(pool, worker, "connect")
                 pool.mark_failed(worker, f"connection failed: {exc}")
                 tried.append(worker)
                 if len(tried) < len(pool.workers):
@@ -108,7 +110,11 @@ class Upstream:
             ctx.upstream_s += time.perf_counter() - sent
             if response.status >= 400:
                 lease.release()
-                raise await self._http_error(pool, worker, response)
+                error = await self._http_error(pool, worker, response)
+                if response.status >= 500 and len(tried) + 1 < len(pool.workers):
+                    tried.append(worker)  # nothing reached the client yet: try another worker
+                    continue
+                raise error
             return lease, response
 
     async def _http_error(
@@ -120,9 +126,9 @@ class Upstream:
             response.release()
         message = _error_message(raw) or f"HTTP {response.status}"
         if response.status >= 500:
-            self._count_error(pool, worker, "http_5xx")
+            self.count_error(pool, worker, "http_5xx")
             return bad_gateway(f"worker {worker.name} failed: {message}")
-        self._count_error(pool, worker, "http_4xx")
+        self.count_error(pool, worker, "http_4xx")
         if response.status == 429:
             return GatewayError(
                 429,
@@ -140,10 +146,10 @@ class Upstream:
         if isinstance(exc, GatewayError | asyncio.CancelledError):
             return exc
         if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
-            self._count_error(pool, worker, "timeout")
+            self.count_error(pool, worker, "timeout")
             return gateway_timeout(f"worker {worker.name} did not answer in time")
         if isinstance(exc, aiohttp.ClientError | orjson.JSONDecodeError | ValueError):
-            self._count_error(pool, worker, "protocol")
+            self.count_error(pool, worker, "protocol")
             return bad_gateway(
                 f"worker {worker.name} broke the connection or the protocol: {type(exc).__name__}"
             )
@@ -161,8 +167,12 @@ class Upstream:
         response.close()
         await asyncio.shield(pool.adapter.abort(pool.session, worker.url, ctx.request_id))
 
-    def _count_error(self, pool: WorkerPool, worker: Worker, kind: str) -> None:
+    def count_error(self, pool: WorkerPool, worker: Worker, kind: str) -> None:
+        """A call failed: count it, and tell the worker's circuit breaker unless it was the
+        client's fault (4xx)."""
         self.metrics.upstream_errors.labels(pool.name, worker.name, kind).inc()
+        if kind != "http_4xx":
+            pool.call_failed(worker, kind)
 
     # -- non-streaming ----------------------------------------------------------------------
     async def complete(
@@ -180,6 +190,7 @@ class Upstream:
             result = orjson.loads(raw)
             if not isinstance(result, dict) or "choices" not in result:
                 raise ValueError("answer has no choices")
+            pool.call_succeeded(lease.worker)
         except BaseException as exc:
             await self.abort(pool, ctx, lease.worker, response)
             raise self._translate(pool, lease.worker, exc) from None
@@ -210,6 +221,7 @@ class Upstream:
         try:
             async with asyncio.timeout(ctx.remaining_s()):
                 await self._consume(response, tally)
+            pool.call_succeeded(lease.worker)
         except BaseException as exc:
             await self.abort(pool, ctx, lease.worker, response)
             raise self._translate(pool, lease.worker, exc) from None
@@ -270,6 +282,7 @@ class Upstream:
                     yield encode_event(chunk)
             if not tally.completed:
                 raise aiohttp.ClientPayloadError("the worker ended the stream without [DONE]")
+            pool.call_succeeded(worker)
             if wants_usage:
                 yield encode_event(
                     {

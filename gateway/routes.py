@@ -6,7 +6,10 @@ between HTTP and them.
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -17,6 +20,7 @@ from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway.access import OPEN, AccessControl, Admission, prompt_token_bound
 from gateway.config import GatewaySettings
 from gateway.errors import GatewayError, error_response, invalid_request
 from gateway.metrics import GatewayMetrics
@@ -50,6 +54,7 @@ class GatewayState:
     upstream: Upstream
     metrics: GatewayMetrics
     runner: StrategyRunner
+    access: AccessControl
 
 
 def _state(request: Request) -> GatewayState:
@@ -147,7 +152,7 @@ async def _run_strategy(
     model: str,
     endpoint: str,
     n: int,
-    choice: StrategyChoice,
+    admission: Admission,
 ) -> Response:
     """A strategy other than the pass-through: the runner fans out and decides."""
     if endpoint != "chat":
@@ -164,7 +169,9 @@ async def _run_strategy(
     apply_deadline(budgets, ctx)
     if body.get("stream"):
         return DisconnectAwareStream(
-            state.runner.stream(spec, params, budgets, body, ctx, model),
+            settle_after(
+                state.runner.stream(spec, params, budgets, body, ctx, model), admission, ctx
+            ),
             headers={"X-TTC-Strategy": spec.name},
             on_disconnect=lambda: state.metrics.client_disconnects.labels(model, endpoint).inc(),
         )
@@ -188,6 +195,8 @@ async def _sampling(request: Request, endpoint: str) -> Response:
     )
     model = "-"
     status = 500
+    admission = OPEN
+    streaming = False  # a stream settles its admission when it ends, not when this returns
     try:
         body = await read_json_body(request, state.settings.limits.max_body_bytes)
         parsed = parse_request(
@@ -213,9 +222,16 @@ async def _sampling(request: Request, endpoint: str) -> Response:
         model = pool.model
         if state.upstream.meter is not None:
             ctx.meter = state.upstream.meter.request(model, spec.name)
+        max_tokens = parsed.requested_max_tokens() or state.settings.limits.max_tokens
+        admission = await state.access.admit(
+            request.headers.get("authorization"),
+            spec.name,
+            int(params.get("k", parsed.n)),
+            lambda: spec.bound(params, prompt_token_bound(body), max_tokens, parsed.n),
+        )
         forward = {k: v for k, v in body.items() if k != "ttc"}
         if spec.run is not None:
-            return await _run_strategy(
+            response = await _run_strategy(
                 request,
                 state,
                 spec,
@@ -226,15 +242,18 @@ async def _sampling(request: Request, endpoint: str) -> Response:
                 model,
                 endpoint,
                 parsed.n,
-                choice,
+                admission,
             )
+            streaming = isinstance(response, DisconnectAwareStream)
+            return response
         apply_budgets(budgets, forward, parsed.n, ctx)
         headers = {"X-TTC-Strategy": spec.name}
         if parsed.stream:
             relay = await state.upstream.stream(pool, ctx, forward)
+            streaming = True
             status = 200
             return DisconnectAwareStream(
-                relay,
+                settle_after(relay, admission, ctx),
                 headers=headers,
                 on_disconnect=lambda: state.metrics.client_disconnects.labels(
                     model, endpoint
@@ -260,11 +279,33 @@ async def _sampling(request: Request, endpoint: str) -> Response:
         state.metrics.client_disconnects.labels(model, endpoint).inc()
         return Response(status_code=499)
     finally:
+        if not streaming:
+            await _settle(admission, ctx)
         metrics = state.metrics
         metrics.requests.labels(ctx.strategy, model, endpoint, str(status)).inc()
         metrics.request_duration.labels(ctx.strategy, model, endpoint).observe(
             time.perf_counter() - ctx.arrived
         )
+
+
+async def _settle(admission: Admission, ctx: RequestContext) -> None:
+    meter = ctx.meter
+    tokens, cost = (meter.tokens, meter.price_usd) if meter is not None else (0, 0.0)
+    # Shielded: a client that goes away must not cancel the bookkeeping of what it used.
+    await asyncio.shield(admission.settle(tokens, cost))
+
+
+async def settle_after(
+    body: AsyncGenerator[bytes, None], admission: Admission, ctx: RequestContext
+) -> AsyncGenerator[bytes, None]:
+    """Relay a response stream, then settle its admission once it has ended (or was closed):
+    the stream's own upstream calls are counted by then."""
+    try:
+        async with aclosing(body):
+            async for chunk in body:
+                yield chunk
+    finally:
+        await _settle(admission, ctx)
 
 
 @router.post("/v1/chat/completions", summary="Create a chat completion", tags=["OpenAI"])

@@ -100,6 +100,7 @@ class UpstreamBatch:
                     return
                 chunk = orjson.loads(data)
                 if "error" in chunk:
+                    self.upstream.count_error(stream.pool, stream.lease.worker, "protocol")
                     break
                 raw_choices = {int(c.get("index", 0)): c for c in chunk.get("choices") or ()}
                 for delta in stream.tally.observe(chunk):
@@ -116,8 +117,10 @@ class UpstreamBatch:
                             eos=_ended_at_eos(raw) if delta.finish_reason == "stop" else None,
                         )
                     )
-        except (aiohttp.ClientError, TimeoutError, ValueError):
-            pass  # reported below as failed samples
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            # reported to the strategy as failed samples (below)
+            kind = "timeout" if isinstance(exc, TimeoutError) else "protocol"
+            self.upstream.count_error(stream.pool, stream.lease.worker, kind)
         finally:
             await self.queue.put((_END, stream))
 
@@ -171,6 +174,7 @@ class UpstreamBatch:
                 await stream.reader
         if stream.tally.completed:
             stream.response.release()
+            stream.pool.call_succeeded(stream.lease.worker)
         else:
             await self.upstream.abort(stream.pool, stream.ctx, stream.lease.worker, stream.response)
         stream.lease.release()

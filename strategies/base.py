@@ -136,6 +136,29 @@ StrategyRun = Callable[[StrategyTask], Awaitable[StrategyOutcome]]
 
 
 @dataclass(frozen=True)
+class TokenBound:
+    """The most tokens one request can use over all its upstream calls: prompt tokens sent and
+    tokens generated. The gateway reserves this much of a key's limits and budget before it
+    starts, and settles to what was used after."""
+
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+# (validated parameters, prompt tokens of one call, max_tokens of one sample) -> bound
+WorstCase = Callable[[dict[str, Any], int, int], TokenBound]
+
+
+def samples_bound(samples: int, prompt_tokens: int, max_tokens: int) -> TokenBound:
+    """``samples`` samples of one prompt, each its own call at worst (no shared prefill)."""
+    return TokenBound(samples * prompt_tokens, samples * max_tokens)
+
+
+@dataclass(frozen=True)
 class StrategySpec:
     """A strategy's public description (name, source, parameters) and its ``run``; ``run`` is
     None only for ``single``, which the gateway serves as a pass-through."""
@@ -146,6 +169,15 @@ class StrategySpec:
     parameters: tuple[ParameterSpec, ...] = field(default_factory=tuple)
     run: StrategyRun | None = None
     check: Callable[[dict[str, Any]], None] | None = None  # constraints between parameters
+    worst_case: WorstCase | None = None  # default: ``k`` (or the request's n) samples
+
+    def bound(
+        self, params: dict[str, Any], prompt_tokens: int, max_tokens: int, n: int = 1
+    ) -> TokenBound:
+        """The most a request of this strategy can use (``TokenBound``)."""
+        if self.worst_case is not None:
+            return self.worst_case(params, prompt_tokens, max_tokens)
+        return samples_bound(int(params.get("k", n)), prompt_tokens, max_tokens)
 
     def parse(self, given: Mapping[str, Any]) -> dict[str, Any]:
         """Validate given parameters (names in snake_case) and fill in defaults."""

@@ -31,7 +31,14 @@ from contextlib import aclosing
 from typing import Any
 
 from strategies.answers import answer_key
-from strategies.base import ParameterSpec, StrategyOutcome, StrategySpec, StrategyTask
+from strategies.base import (
+    ParameterSpec,
+    StrategyOutcome,
+    StrategySpec,
+    StrategyTask,
+    TokenBound,
+    samples_bound,
+)
 from strategies.sampling import BudgetExhausted, SampleBook, Sampler, SampleRequest, SampleState
 from strategies.selection import K_DESCRIPTION, tally_votes
 
@@ -177,6 +184,15 @@ async def run(task: StrategyTask) -> StrategyOutcome:
     )
 
 
+def worst_case(params: dict[str, Any], prompt_tokens: int, max_tokens: int) -> TokenBound:
+    """k samples, then one judge call per sample: the conversation, the candidate and the
+    instruction in (its UTF-8 length bounds its tokens), one token out."""
+    k = params["k"]
+    samples = samples_bound(k, prompt_tokens, max_tokens)
+    judge_prompt = prompt_tokens + max_tokens + len(JUDGE_INSTRUCTION.encode()) + 64
+    return TokenBound(samples.prompt_tokens + k * judge_prompt, samples.completion_tokens + k)
+
+
 SPEC = StrategySpec(
     name="best_of_n",
     summary="k samples scored 0-9 by an LLM judge; the best wins (Best-of-Majority with alpha)",
@@ -195,4 +211,5 @@ SPEC = StrategySpec(
         ),
     ),
     run=run,
+    worst_case=worst_case,
 )

@@ -37,6 +37,8 @@ from strategies.base import (
     StrategyOutcome,
     StrategySpec,
     StrategyTask,
+    TokenBound,
+    samples_bound,
 )
 from strategies.selection import (
     finished_in_order,
@@ -83,6 +85,18 @@ def _large_params(params: dict[str, Any]) -> dict[str, Any]:
 
 def _check(params: dict[str, Any]) -> None:
     _large_params(params)
+
+
+def worst_case(params: dict[str, Any], prompt_tokens: int, max_tokens: int) -> TokenBound:
+    """The small model's k samples, then the escalation strategy's own worst case."""
+    from strategies import REGISTRY  # strategies/__init__ imports this module
+
+    small = samples_bound(params["k"], prompt_tokens, max_tokens)
+    large = REGISTRY[params["escalate_to"]].bound(_large_params(params), prompt_tokens, max_tokens)
+    return TokenBound(
+        small.prompt_tokens + large.prompt_tokens,
+        small.completion_tokens + large.completion_tokens,
+    )
 
 
 async def _single(task: StrategyTask) -> StrategyOutcome:
@@ -224,4 +238,5 @@ SPEC = StrategySpec(
     ),
     run=run,
     check=_check,
+    worst_case=worst_case,
 )

@@ -38,7 +38,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from strategies.answers import extract_answer
-from strategies.base import ParameterSpec, StrategyOutcome, StrategySpec, StrategyTask
+from strategies.base import (
+    ParameterSpec,
+    StrategyOutcome,
+    StrategySpec,
+    StrategyTask,
+    TokenBound,
+)
 from strategies.sampling import BudgetExhausted, RoleName, Sampler, SampleRequest
 
 STEP_DELIMITER = "\n\n"
@@ -265,6 +271,18 @@ def _or(value: Any, default: float) -> Any:
     return default if value is None else value
 
 
+def worst_case(params: dict[str, Any], prompt_tokens: int, max_tokens: int) -> TokenBound:
+    """Every step drafted, scored (one token) and rewritten; each call re-sends the prompt, the
+    kept steps (at most ``token_budget`` plus one step) and, for scoring, the verifier turn."""
+    steps, step = params["max_steps"], params["step_tokens"]
+    context = prompt_tokens + params["token_budget"] + step
+    verifier = len((VERIFY_QUESTION + SCORE_PREFIX).encode()) + 64
+    return TokenBound(
+        prompt_tokens=steps * (3 * context + step + verifier),
+        completion_tokens=steps * (2 * step + 1),
+    )
+
+
 SPEC = StrategySpec(
     name="spec_reason",
     summary="small model drafts each reasoning step, large model grades it and rewrites "
@@ -287,4 +305,5 @@ SPEC = StrategySpec(
         ParameterSpec("first_n_base", int, 0, "First steps written by the large model", 0, 1024),
     ),
     run=run,
+    worst_case=worst_case,
 )

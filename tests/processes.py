@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -134,3 +135,66 @@ def llamacpp_pool(url: str, **overrides: Any) -> dict[str, Any]:
 
 def quiet_server() -> dict[str, Any]:
     return {"log_level": "warning", "access_log": False}
+
+
+class RedisServer:
+    """A real ``redis-server`` on a free loopback port, with an append-only file (fsync on every
+    write) in ``data_dir``, so a test can kill it and start it again with its data."""
+
+    def __init__(self, data_dir: Path) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            if os.environ.get("CI"):
+                raise RuntimeError("CI must install Debian's redis-server (see .ci/run)")
+            import pytest
+
+            pytest.skip("needs redis-server (apt install redis-server)")
+        self.binary = binary
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        options = {
+            "port": str(self.port),
+            "bind": "127.0.0.1",
+            "dir": str(self.data_dir),
+            "appendonly": "yes",
+            "appendfsync": "always",
+            "save": "",
+        }
+        args = [self.binary, *(arg for k, v in options.items() for arg in (f"--{k}", v))]
+        self.process = subprocess.Popen(
+            args,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock,
+            ):
+                sock.sendall(b"PING\r\n")
+                if sock.recv(16).startswith(b"+PONG"):
+                    return
+            time.sleep(0.05)
+        raise TimeoutError(f"redis-server on port {self.port} did not answer PING")
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, not a clean shutdown."""
+        if self.process is not None:
+            stop_process(self.process, signal.SIGKILL)
+            self.process = None
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[RedisServer]:
+    with tempfile.TemporaryDirectory() as data_dir:
+        server = RedisServer(Path(data_dir))
+        server.start()
+        try:
+            yield server
+        finally:
+            server.kill()

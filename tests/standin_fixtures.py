@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import orjson
+from fastapi import FastAPI
 
 from gateway.app import create_app
 from gateway.config import EngineKind, GatewaySettings, HealthCheckConfig, PoolConfig, WorkerConfig
@@ -43,6 +44,7 @@ class RunningGateway:
 
     url: str
     client: httpx.AsyncClient
+    app: FastAPI
 
     async def workers(self) -> dict[str, dict[str, Any]]:
         """``/ready``'s view of every worker, by URL: healthy, in_flight."""
@@ -64,11 +66,12 @@ async def serve_gateway(
         health=HealthCheckConfig(interval_s=health_interval_s, timeout_s=1.0),
         **settings,
     )
+    app = create_app(config)
     async with (
-        serve_asgi(create_app(config), lifespan="on") as url,
+        serve_asgi(app, lifespan="on") as url,
         httpx.AsyncClient(base_url=url, timeout=10.0) as client,
     ):
-        yield RunningGateway(url, client)
+        yield RunningGateway(url, client, app)
 
 
 def sse_events(body: str) -> list[Any]:

@@ -1,0 +1,388 @@
+"""Who may call the gateway, and how much: API keys, rate limits and USD budgets.
+
+``AccessControl.admit`` runs before any upstream call. It reads the key from
+``Authorization: Bearer <key>``, and asks the key store (``gateway.shared_state``) to let the
+request in and reserve its worst case: the strategy's ``TokenBound`` for this prompt and
+``max_tokens`` against tokens/minute, and that bound priced at the dearest configured model
+against the key's budget. ``Admission.settle`` replaces the reservation with what the request
+used (its tokens, and its price-table cost) when the request ends, however it ends. A rejected
+request reserves nothing and costs nothing.
+
+When the store fails (Redis down or slow) nothing becomes a 500. ``state.on_failure: closed``
+answers 503 with Retry-After; ``open`` (the default) lets in keys this replica admitted before
+(limits are not enforced meanwhile; settlements are kept and replayed when Redis is back) and
+answers 503 for keys it has never seen. Each transition is logged once; ``ttc_shared_state_up``
+shows the state.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from gateway.config import AuthConfig, SharedStateConfig
+from gateway.errors import GatewayError
+from gateway.metering import PriceBook
+from gateway.metrics import GatewayMetrics
+from gateway.shared_state import (
+    WINDOW_S,
+    AdmitResult,
+    KeyFile,
+    KeyRecord,
+    KeyStore,
+    MemoryKeyStore,
+    RedisKeyStore,
+    Reservation,
+    StateUnavailable,
+    hash_secret,
+    minute_window,
+    to_nusd,
+)
+from strategies.base import TokenBound
+
+log = logging.getLogger("ttc.access")
+
+HAS_KEYS_TTL_S = 1.0  # how long "does any key exist" is remembered (auth.mode auto)
+KNOWN_KEYS = 10_000  # keys remembered for on_failure=open
+PENDING_SETTLEMENTS = 100_000  # settlements kept while Redis is down
+MESSAGE_OVERHEAD_TOKENS = 8  # a chat template's tokens around one message (role, separators)
+# ... and what it adds once: a default system prompt (SmolLM2's is ~20 tokens, Qwen's and
+# Llama 3's ~25), a generation prompt.
+TEMPLATE_OVERHEAD_TOKENS = 64
+
+
+def open_store(auth: AuthConfig, state: SharedStateConfig) -> KeyStore:
+    if state.redis_url:
+        return RedisKeyStore(state.redis_url, state.timeout_s)
+    return MemoryKeyStore(KeyFile(auth.keys_file) if auth.keys_file else None)
+
+
+def redacted_url(url: str) -> str:
+    """A Redis URL fit for a log line: without its password."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit(parts._replace(netloc=user + netloc))
+
+
+def prompt_token_bound(body: Mapping[str, Any]) -> int:
+    """An upper bound on a request's prompt tokens: the UTF-8 bytes of its text (a BPE token
+    is at least one byte), plus what a chat template adds per message and once per prompt."""
+    if "prompt" in body:
+        prompt = body["prompt"]
+        texts = [prompt] if isinstance(prompt, str) else [str(p) for p in prompt or ()]
+        return sum(len(t.encode()) for t in texts) + MESSAGE_OVERHEAD_TOKENS
+    total = TEMPLATE_OVERHEAD_TOKENS
+    for message in body.get("messages") or ():
+        content = message.get("content") if isinstance(message, Mapping) else None
+        text = content if isinstance(content, str) else str(content or "")
+        total += len(text.encode()) + MESSAGE_OVERHEAD_TOKENS
+    for key in ("tools", "functions", "response_format"):
+        if body.get(key):
+            total += len(str(body[key]).encode())
+    return total
+
+
+@dataclass(frozen=True)
+class PriceCeiling:
+    """The dearest input and output prices among the models this gateway serves: a request's
+    worst case priced at these is an upper bound whatever pools its strategy uses."""
+
+    input_usd: float
+    output_usd: float
+
+    @classmethod
+    def of(cls, prices: PriceBook, models: Iterable[str]) -> PriceCeiling:
+        known = [prices.models[m] for m in models if m in prices.models]
+        return cls(
+            max((p.input_cost_per_token for p in known), default=0.0),
+            max((p.output_cost_per_token for p in known), default=0.0),
+        )
+
+    def cost(self, bound: TokenBound) -> float:
+        return bound.prompt_tokens * self.input_usd + bound.completion_tokens * self.output_usd
+
+
+@dataclass
+class Admission:
+    """A request that was let in. ``settle`` once it has ended (idempotent)."""
+
+    key_id: str | None
+    reservation: Reservation | None
+    access: AccessControl | None = None
+    settled: bool = False
+
+    async def settle(self, tokens: int, cost_usd: float) -> None:
+        if self.settled:
+            return
+        self.settled = True
+        if self.access is not None and self.reservation is not None:
+            await self.access.settle(self.reservation, tokens, cost_usd)
+
+
+OPEN = Admission(key_id=None, reservation=None)
+
+
+def _bearer(authorization: str | None) -> str | None:
+    if not authorization:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip() or None
+
+
+class AccessControl:
+    """Authentication, limits and budgets for one gateway process."""
+
+    def __init__(
+        self,
+        auth: AuthConfig,
+        state: SharedStateConfig,
+        store: KeyStore,
+        metrics: GatewayMetrics,
+        prices: PriceCeiling,
+    ) -> None:
+        self.auth = auth
+        self.on_failure = state.on_failure
+        self.store = store
+        self.metrics = metrics
+        self.prices = prices
+        self.backend = "redis" if isinstance(store, RedisKeyStore) else "memory"
+        self._has_keys: tuple[float, bool] | None = None
+        self._known: OrderedDict[str, KeyRecord] = OrderedDict()
+        self._pending: deque[tuple[Reservation, int, int]] = deque(maxlen=PENDING_SETTLEMENTS)
+        self._degraded = False
+        metrics.shared_state_up.labels(self.backend).set(1)
+
+    async def start(self) -> None:
+        """Say where keys live, and whether that store answers (a Redis that does not is
+        logged and then handled by the failure policy, request by request)."""
+        where = redacted_url(self.store.url) if isinstance(self.store, RedisKeyStore) else "memory"
+        try:
+            await self.store.ping()
+            log.info("API keys and limits: %s (auth.mode=%s)", where, self.auth.mode)
+        except StateUnavailable as exc:
+            self._unhealthy("ping", exc)
+
+    async def close(self) -> None:
+        await self._replay()
+        await self.store.close()
+
+    # -- admission --------------------------------------------------------------------------
+    async def admit(
+        self,
+        authorization: str | None,
+        strategy: str,
+        k: int,
+        worst_case: Callable[[], TokenBound],
+    ) -> Admission:
+        """Let a request in (``Admission``) or raise the ``GatewayError`` that says why not.
+        ``worst_case`` is only computed when a key's limits are checked."""
+        if self.auth.mode == "off":
+            return OPEN
+        secret = _bearer(authorization)
+        try:
+            if self.auth.mode == "auto" and not await self._keys_exist():
+                return OPEN
+            if secret is None:
+                raise _denied(
+                    401,
+                    "This gateway requires an API key: send `Authorization: Bearer <key>`",
+                    "missing_api_key",
+                    "missing_key",
+                    self.metrics,
+                )
+            key_hash = hash_secret(secret)
+            bound = worst_case()
+            tokens = bound.total
+            nusd = to_nusd(self.prices.cost(bound), round_up=True)
+            result = await self.store.admit(key_hash, strategy, k, tokens, nusd, time.time())
+        except StateUnavailable as exc:
+            return self._degraded_admit(secret, strategy, k, exc)
+        self._healthy()
+        await self._replay()
+        if result.verdict != "ok":
+            raise self._rejection(result, strategy, k, bound)
+        assert result.record is not None
+        self._remember(result.record)
+        return Admission(result.record.id, result.reservation, self)
+
+    async def _keys_exist(self) -> bool:
+        now = time.monotonic()
+        if self._has_keys is None or now - self._has_keys[0] > HAS_KEYS_TTL_S:
+            self._has_keys = (now, await self.store.has_keys())
+        return self._has_keys[1]
+
+    def _remember(self, record: KeyRecord) -> None:
+        self._known[record.key_hash] = record
+        self._known.move_to_end(record.key_hash)
+        while len(self._known) > KNOWN_KEYS:
+            self._known.popitem(last=False)
+
+    def _rejection(
+        self, result: AdmitResult, strategy: str, k: int, bound: TokenBound
+    ) -> GatewayError:
+        record, m = result.record, self.metrics
+        limits = record.limits if record is not None else None
+        if result.verdict == "unknown" or limits is None:
+            return _denied(401, "Incorrect API key provided", "invalid_api_key", "unknown_key", m)
+        if result.verdict == "revoked":
+            return _denied(401, "This API key was revoked", "invalid_api_key", "revoked_key", m)
+        if result.verdict == "max_k":
+            return _denied(
+                403,
+                f"k={k} is more samples than this API key may ask for (max_k={limits.max_k})",
+                "k_not_allowed",
+                "max_k",
+                m,
+                param="X-TTC-K",
+            )
+        if result.verdict == "strategy":
+            allowed = ", ".join(limits.strategies or ())
+            return _denied(
+                403,
+                f"strategy {strategy!r} is not allowed for this API key (allowed: {allowed})",
+                "strategy_not_allowed",
+                "strategy",
+                m,
+                param="X-TTC-Strategy",
+            )
+        if result.verdict == "tpm_request":
+            return _denied(
+                400,
+                f"this request may use up to {bound.total} tokens ({bound.prompt_tokens} prompt, "
+                f"{bound.completion_tokens} generated over all samples), more than this API "
+                f"key's {limits.tokens_per_minute} tokens per minute; lower max_tokens or k",
+                "request_exceeds_limit",
+                "tpm_request",
+                m,
+                param="max_tokens",
+            )
+        retry_after = str(max(1, math.ceil(WINDOW_S - time.time() % WINDOW_S)))
+        if result.verdict == "rpm":
+            return _denied(
+                429,
+                f"Rate limit reached: {limits.requests_per_minute} requests per minute",
+                "rate_limit_exceeded",
+                "rpm",
+                m,
+                type="rate_limit_error",
+                headers={
+                    "Retry-After": retry_after,
+                    "x-ratelimit-limit-requests": str(limits.requests_per_minute),
+                    "x-ratelimit-remaining-requests": "0",
+                },
+            )
+        if result.verdict == "tpm":
+            return _denied(
+                429,
+                f"Rate limit reached: {limits.tokens_per_minute} tokens per minute (this request "
+                f"reserves up to {bound.total})",
+                "rate_limit_exceeded",
+                "tpm",
+                m,
+                type="rate_limit_error",
+                headers={
+                    "Retry-After": retry_after,
+                    "x-ratelimit-limit-tokens": str(limits.tokens_per_minute),
+                },
+            )
+        used = result.used_nusd / 1e9
+        return _denied(
+            429,
+            f"This API key's budget of ${limits.budget_usd:g} is used up: ${used:.6f} spent or "
+            f"reserved, and this request may cost up to ${self.prices.cost(bound):.6f}",
+            "insufficient_quota",
+            "budget",
+            m,
+            type="insufficient_quota",
+            headers={"x-should-retry": "false"},  # the openai SDK would retry a 429 otherwise
+        )
+
+    # -- settlement -------------------------------------------------------------------------
+    async def settle(self, reservation: Reservation, tokens: int, cost_usd: float) -> None:
+        nusd = to_nusd(cost_usd)
+        try:
+            await self.store.settle(reservation, tokens, nusd)
+        except StateUnavailable as exc:
+            self._pending.append((reservation, tokens, nusd))
+            self._unhealthy("settle", exc)
+
+    async def _replay(self) -> None:
+        """Settlements that failed while the store was down, in order, once it answers."""
+        while self._pending:
+            reservation, tokens, nusd = self._pending[0]
+            try:
+                await self.store.settle(reservation, tokens, nusd)
+            except StateUnavailable as exc:
+                self._unhealthy("settle", exc)
+                return
+            self._pending.popleft()
+        self.metrics.shared_state_pending.labels(self.backend).set(0)
+
+    # -- failure policy ---------------------------------------------------------------------
+    def _degraded_admit(
+        self, secret: str | None, strategy: str, k: int, exc: StateUnavailable
+    ) -> Admission:
+        self._unhealthy("admit", exc)
+        if self.on_failure == "open":
+            keys_existed = self._has_keys[1] if self._has_keys is not None else True
+            if secret is None and self.auth.mode == "auto" and not keys_existed:
+                return OPEN
+            record = self._known.get(hash_secret(secret)) if secret else None
+            if record is not None and not record.revoked:
+                self.metrics.degraded_admissions.labels("open").inc()
+                # Nothing reserved; what it spends is settled (replayed) once the store is back.
+                nothing = Reservation(record.key_hash, minute_window(time.time()), 0, 0)
+                return Admission(record.id, nothing, self)
+        self.metrics.degraded_admissions.labels("rejected").inc()
+        raise GatewayError(
+            503,
+            "API keys cannot be checked right now (shared state unavailable); retry shortly",
+            type="server_error",
+            code="shared_state_unavailable",
+            headers={"Retry-After": "1"},
+        )
+
+    def _unhealthy(self, operation: str, exc: StateUnavailable) -> None:
+        self.metrics.shared_state_errors.labels(self.backend, operation).inc()
+        self.metrics.shared_state_up.labels(self.backend).set(0)
+        self.metrics.shared_state_pending.labels(self.backend).set(len(self._pending))
+        if not self._degraded:
+            self._degraded = True
+            log.warning(
+                "shared state (%s) unavailable, policy on_failure=%s: %s",
+                self.backend,
+                self.on_failure,
+                exc,
+            )
+
+    def _healthy(self) -> None:
+        if self._degraded:
+            self._degraded = False
+            log.info("shared state (%s) is back", self.backend)
+        self.metrics.shared_state_up.labels(self.backend).set(1)
+
+
+def _denied(
+    status: int,
+    message: str,
+    code: str,
+    reason: str,
+    metrics: GatewayMetrics,
+    *,
+    param: str | None = None,
+    type: str = "invalid_request_error",
+    headers: dict[str, str] | None = None,
+) -> GatewayError:
+    metrics.access_denied.labels(reason).inc()
+    return GatewayError(status, message, type=type, param=param, code=code, headers=headers)

@@ -1,0 +1,169 @@
+"""Both key stores, process memory and a real Redis server, keep the same contract: the same
+admission verdicts, counters and settlements (``gateway.shared_state``)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from gateway.shared_state import (
+    NANO,
+    WINDOW_S,
+    KeyFile,
+    KeyLimits,
+    KeyRecord,
+    KeyStore,
+    MemoryKeyStore,
+    RedisKeyStore,
+    StateUnavailable,
+    hash_secret,
+    new_secret,
+)
+from tests.processes import RedisServer, redis_server
+
+# A time well inside a minute window, so a test never straddles two.
+NOW = 1_800_000_000.0 - 1_800_000_000.0 % WINDOW_S + 5
+
+
+@pytest.fixture(scope="module")
+def redis_proc() -> Iterator[RedisServer]:
+    with redis_server() as server:
+        yield server
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[KeyStore]:
+    if request.param == "memory":
+        yield MemoryKeyStore(KeyFile(tmp_path / "keys.json"))
+        return
+    server: RedisServer = request.getfixturevalue("redis_proc")
+    redis.Redis.from_url(server.url).flushdb()
+    redis_store = RedisKeyStore(server.url)
+    yield redis_store
+    await redis_store.close()
+
+
+async def add_key(store: KeyStore, **limits: object) -> tuple[str, KeyRecord]:
+    secret = new_secret()
+    record = KeyRecord(
+        id=hash_secret(secret)[:8],
+        name="test",
+        key_hash=hash_secret(secret),
+        created=time.time(),
+        limits=KeyLimits(**limits),  # type: ignore[arg-type]
+    )
+    await store.add(record)
+    return record.key_hash, record
+
+
+async def test_a_key_is_found_by_the_hash_of_its_secret_and_unknown_ones_are_not(
+    store: KeyStore,
+) -> None:
+    assert not await store.has_keys()
+    key_hash, record = await add_key(store, max_k=8, strategies=("single", "majority_vote"))
+    assert await store.has_keys()
+    result = await store.admit(key_hash, "single", 1, 10, 0, NOW)
+    assert result.verdict == "ok"
+    assert result.record == record  # limits round-trip through the store
+    assert (await store.admit(hash_secret("ttc-wrong"), "single", 1, 10, 0, NOW)).verdict == (
+        "unknown"
+    )
+    records = await store.records()
+    assert [r.id for r, _ in records] == [record.id]
+
+
+async def test_revoked_max_k_and_strategy_are_refused_and_reserve_nothing(
+    store: KeyStore,
+) -> None:
+    key_hash, record = await add_key(
+        store, max_k=4, strategies=("majority_vote",), requests_per_minute=1, budget_usd=1.0
+    )
+    assert (await store.admit(key_hash, "majority_vote", 5, 10, 7, NOW)).verdict == "max_k"
+    assert (await store.admit(key_hash, "best_of_n", 4, 10, 7, NOW)).verdict == "strategy"
+    # nothing was counted: the one request of this minute is still available
+    assert (await store.admit(key_hash, "majority_vote", 4, 10, 7, NOW)).verdict == "ok"
+    (_, usage), *_ = await store.records()
+    assert usage.reserved_usd == 7 / NANO
+    await store.update(record.id, revoked=True)
+    assert (await store.admit(key_hash, "majority_vote", 1, 10, 0, NOW + 60)).verdict == "revoked"
+
+
+async def test_requests_per_minute_hold_within_a_window_and_reset_in_the_next(
+    store: KeyStore,
+) -> None:
+    key_hash, _ = await add_key(store, requests_per_minute=3)
+    verdicts = [(await store.admit(key_hash, "single", 1, 1, 0, NOW)).verdict for _ in range(5)]
+    assert verdicts == ["ok", "ok", "ok", "rpm", "rpm"]
+    assert (await store.admit(key_hash, "single", 1, 1, 0, NOW + WINDOW_S)).verdict == "ok"
+
+
+async def test_concurrent_admissions_never_pass_the_limit(store: KeyStore) -> None:
+    key_hash, _ = await add_key(store, requests_per_minute=10)
+    results = await asyncio.gather(
+        *(store.admit(key_hash, "single", 1, 1, 0, NOW) for _ in range(50))
+    )
+    assert sum(r.verdict == "ok" for r in results) == 10
+
+
+async def test_tokens_per_minute_count_reservations_then_what_was_used(store: KeyStore) -> None:
+    key_hash, _ = await add_key(store, tokens_per_minute=1000)
+    assert (await store.admit(key_hash, "single", 1, 1001, 0, NOW)).verdict == "tpm_request"
+    first = await store.admit(key_hash, "single", 1, 600, 0, NOW)
+    assert first.verdict == "ok" and first.reservation is not None
+    assert (await store.admit(key_hash, "single", 1, 600, 0, NOW)).verdict == "tpm"
+    await store.settle(first.reservation, tokens=100, nusd=0)  # it used far less
+    assert (await store.admit(key_hash, "single", 1, 600, 0, NOW)).verdict == "ok"
+    assert (await store.admit(key_hash, "single", 1, 301, 0, NOW)).verdict == "tpm"  # 700 used
+
+
+async def test_a_budget_counts_spent_plus_reserved_and_settles_to_the_real_cost(
+    store: KeyStore,
+) -> None:
+    key_hash, record = await add_key(store, budget_usd=1000 / NANO)
+    first = await store.admit(key_hash, "single", 1, 1, 600, NOW)
+    assert first.verdict == "ok" and first.reservation is not None
+    refused = await store.admit(key_hash, "single", 1, 1, 600, NOW)
+    assert refused.verdict == "budget" and refused.used_nusd == 600
+    await store.settle(first.reservation, tokens=1, nusd=250)
+    (_, usage), *_ = await store.records()
+    assert (usage.spent_usd, usage.reserved_usd) == (250 / NANO, 0.0)
+    assert (await store.admit(key_hash, "single", 1, 1, 750, NOW)).verdict == "ok"
+    assert (await store.admit(key_hash, "single", 1, 1, 1, NOW)).verdict == "budget"
+    await store.update(record.id, budget_usd=None)
+    assert (await store.admit(key_hash, "single", 1, 1, 10**6, NOW)).verdict == "ok"
+
+
+async def test_settling_after_the_window_expired_still_books_the_spend(store: KeyStore) -> None:
+    key_hash, _ = await add_key(store, budget_usd=1.0, tokens_per_minute=100)
+    admitted = await store.admit(key_hash, "single", 1, 50, 40, NOW)
+    assert admitted.reservation is not None
+    await store.settle(admitted.reservation, tokens=60, nusd=30)
+    (_, usage), *_ = await store.records()
+    assert usage.spent_usd == 30 / NANO
+
+
+async def test_a_gateway_without_redis_rereads_the_keys_file(tmp_path: Path) -> None:
+    """What `ttc-gateway keys --keys-file` writes, a running gateway sees within a second."""
+    path = KeyFile(tmp_path / "keys.json")
+    gateway_side = MemoryKeyStore(path, reload_every_s=0)
+    cli_side = MemoryKeyStore(path)
+    key_hash, record = await add_key(cli_side, requests_per_minute=5)
+    assert (await gateway_side.admit(key_hash, "single", 1, 1, 0, NOW)).verdict == "ok"
+    await cli_side.update(record.id, revoked=True)
+    assert (await gateway_side.admit(key_hash, "single", 1, 1, 0, NOW)).verdict == "revoked"
+    assert oct((tmp_path / "keys.json").stat().st_mode & 0o777) == "0o600"
+    assert "ttc-" not in (tmp_path / "keys.json").read_text()  # hashes only, no secret
+
+
+async def test_redis_that_is_down_is_reported_as_unavailable_promptly() -> None:
+    store = RedisKeyStore("redis://127.0.0.1:1/0", timeout_s=0.2)
+    started = time.monotonic()
+    with pytest.raises(StateUnavailable):
+        await store.admit(hash_secret("ttc-x"), "single", 1, 1, 0, NOW)
+    assert time.monotonic() - started < 2
+    await store.close()
