@@ -289,6 +289,8 @@ async def _sampling(request: Request, endpoint: str) -> Response:
 
 
 async def _settle(admission: Admission, ctx: RequestContext) -> None:
+    if admission.reservation is None:
+        return  # nothing was reserved (no key checked): skip the shield's task
     meter = ctx.meter
     tokens, cost = (meter.tokens, meter.price_usd) if meter is not None else (0, 0.0)
     # Shielded: a client that goes away must not cancel the bookkeeping of what it used.
