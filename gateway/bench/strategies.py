@@ -5,8 +5,12 @@ Method: the first N problems of a GSM8K-style JSONL file (``{"question", "answer
 to the gateway once per strategy, ``--concurrency`` problems in flight at a time, each as one
 chat request with the same system message and the question plus an instruction to end with
 "The answer is <number>.". A reply is correct when ``answer_key(content)`` equals the gold key
-(``gsm8k_gold`` when the answer field has ``####``, else ``normalize_answer``). Strategies run one
-after another, with the machine left to settle in between; wall time is client-side, per request.
+(``gsm8k_gold`` when the answer field has ``####``, else ``normalize_answer``). With one problem
+in flight (the default) the arms (each strategy, and optillm) are interleaved: each problem goes
+through every arm in turn, in an order rotated by one per problem, so that a change in the
+machine's speed during the run, or a prompt cached by the arm before, falls on every arm alike.
+With ``--concurrency`` above 1 the arms run one after another, with the machine left to settle
+in between. Wall time is client-side, per request.
 
 "Fastest single sample" (the first_finish target's yardstick) is measured by one streamed
 ``single`` request with ``n=k`` per problem: the time from sending it to the first choice that
@@ -675,6 +679,16 @@ TIMEOUT_ERROR = f"0 no answer in {REQUEST_TIMEOUT_S:.0f} s"
 TIMEOUTS_TO_GIVE_UP = 2
 
 
+def _progress_outcome(name: str, index: int, outcome: Outcome) -> None:
+    _progress(
+        f"  {name} #{index + 1}: {'ok   ' if outcome.correct else 'wrong'} "
+        f"{outcome.wall_ms:9,.0f} ms {outcome.completion_tokens:6,} tokens"
+        + (f" launched {outcome.launched} aborted {outcome.aborted}" if outcome.aborted else "")
+        + (f" wasted {outcome.wasted_tokens}" if outcome.wasted_tokens else "")
+        + (f" ERROR {outcome.error}" if outcome.error else "")
+    )
+
+
 async def _run_all(
     name: str,
     problems: Sequence[Problem],
@@ -693,13 +707,7 @@ async def _run_all(
                 return Outcome(0.0, error=f"not sent: {timeouts} requests had timed out")
             outcome = await one(problem)
         timeouts += outcome.error == TIMEOUT_ERROR
-        _progress(
-            f"  {name} #{index + 1}: {'ok   ' if outcome.correct else 'wrong'} "
-            f"{outcome.wall_ms:9,.0f} ms {outcome.completion_tokens:6,} tokens"
-            + (f" launched {outcome.launched} aborted {outcome.aborted}" if outcome.aborted else "")
-            + (f" wasted {outcome.wasted_tokens}" if outcome.wasted_tokens else "")
-            + (f" ERROR {outcome.error}" if outcome.error else "")
-        )
+        _progress_outcome(name, index, outcome)
         return outcome
 
     started = time.perf_counter()
@@ -707,14 +715,13 @@ async def _run_all(
     return list(outcomes), time.perf_counter() - started
 
 
-async def run_gateway_strategy(
-    session: aiohttp.ClientSession,
-    target: Target,
-    strategy: str,
-    problems: Sequence[Problem],
-    sampling: Sampling,
-    concurrency: int,
-) -> tuple[list[Outcome], float]:
+Ask = Callable[[Problem], Awaitable[Outcome]]
+
+
+def gateway_asker(
+    session: aiohttp.ClientSession, target: Target, strategy: str, sampling: Sampling
+) -> Ask:
+    """One problem as one chat request to the gateway with ``strategy``."""
     headers = _ttc_headers(strategy, target.strategies[strategy], sampling)
     url = target.gateway_url + CHAT_PATH
 
@@ -728,17 +735,13 @@ async def run_gateway_strategy(
         status, got, payload, wall_ms = await _post(session, url, body, headers)
         return gateway_outcome(strategy, status, got, payload, wall_ms, problem.gold)
 
-    return await _run_all(strategy, problems, concurrency, one)
+    return one
 
 
-async def run_optillm(
-    session: aiohttp.ClientSession,
-    optillm_url: str,
-    model: str,
-    problems: Sequence[Problem],
-    sampling: Sampling,
-    concurrency: int,
-) -> tuple[list[Outcome], float]:
+def optillm_asker(
+    session: aiohttp.ClientSession, optillm_url: str, model: str, sampling: Sampling
+) -> Ask:
+    """One problem as one chat request to optillm with its majority voting."""
     url = optillm_url + CHAT_PATH
 
     async def one(problem: Problem) -> Outcome:
@@ -753,6 +756,63 @@ async def run_optillm(
         status, _, payload, wall_ms = await _post(session, url, body, {})
         return optillm_outcome(status, payload, wall_ms, problem.gold, sampling.k)
 
+    return one
+
+
+async def run_interleaved(
+    session: aiohttp.ClientSession,
+    arms: dict[str, Ask],
+    problems: Sequence[Problem],
+    engine_url: str | None,
+) -> dict[str, Summary]:
+    """Each problem through every arm in turn, one request at a time, the order rotated by one
+    per problem: a drift in the machine's speed, or the engine's prompt cache warmed by the
+    arm before, falls on every arm alike. Engine tokens are read around each request."""
+    names = list(arms)
+    outcomes: dict[str, list[Outcome]] = {name: [] for name in names}
+    elapsed = dict.fromkeys(names, 0.0)
+    engine: dict[str, int | None] = dict.fromkeys(names, 0)
+    timeouts = dict.fromkeys(names, 0)
+    for index, problem in enumerate(problems):
+        turn = index % len(names)
+        for name in names[turn:] + names[:turn]:
+            if timeouts[name] >= TIMEOUTS_TO_GIVE_UP:
+                outcome = Outcome(0.0, error=f"not sent: {timeouts[name]} requests had timed out")
+            else:
+                before = await _engine_tokens(session, engine_url)
+                started = time.perf_counter()
+                outcome = await arms[name](problem)
+                elapsed[name] += time.perf_counter() - started
+                after = await _engine_tokens(session, engine_url)
+                delta, counted = _difference(before, after), engine[name]
+                engine[name] = None if delta is None or counted is None else counted + delta
+                timeouts[name] += outcome.error == TIMEOUT_ERROR
+            outcomes[name].append(outcome)
+            _progress_outcome(name, index, outcome)
+    return {name: summarize(name, outcomes[name], elapsed[name], engine[name]) for name in names}
+
+
+async def run_gateway_strategy(
+    session: aiohttp.ClientSession,
+    target: Target,
+    strategy: str,
+    problems: Sequence[Problem],
+    sampling: Sampling,
+    concurrency: int,
+) -> tuple[list[Outcome], float]:
+    one = gateway_asker(session, target, strategy, sampling)
+    return await _run_all(strategy, problems, concurrency, one)
+
+
+async def run_optillm(
+    session: aiohttp.ClientSession,
+    optillm_url: str,
+    model: str,
+    problems: Sequence[Problem],
+    sampling: Sampling,
+    concurrency: int,
+) -> tuple[list[Outcome], float]:
+    one = optillm_asker(session, optillm_url, model, sampling)
     return await _run_all(OPTILLM, problems, concurrency, one)
 
 
@@ -1039,7 +1099,11 @@ def _run(
         f"(first {len(problems)} problems); k={sampling.k}, m={sampling.m}, "
         f"max_tokens={sampling.max_tokens} per sample, temperature={sampling.temperature}, "
         f"{concurrency} problem(s) in flight; per-request timeout {REQUEST_TIMEOUT_S:.0f} s; "
-        "strategies run one after another in the order shown.",
+        + (
+            "arms interleaved per problem (order rotated by one per problem)."
+            if concurrency == 1
+            else "strategies run one after another in the order shown."
+        ),
         "",
         f"Prompt: system `{SYSTEM_MESSAGE}`; user: `{OPTILLM_USER_PREFIX}`, the question, a "
         f"blank line, then `{INSTRUCTION}` (optillm gets the turn without `{OPTILLM_USER_PREFIX}`"
@@ -1100,19 +1164,52 @@ async def _measure(
             {"model": target.model, "messages": build_messages("1+1?"), "max_tokens": 8},
             {"X-TTC-Strategy": "single"},
         )
+        optillm_service: ChildService | None = None
+        if optillm and target.engine_url is None:
+            notes.append("optillm skipped: the gateway's /ready names no healthy worker")
+        elif optillm:
+            optillm_service = await _start_optillm(work, stack, target, optillm_venv)
         rows: dict[str, Summary] = {}
-        for name in runnable:
+        if concurrency == 1:
+            arms = {name: gateway_asker(session, target, name, sampling) for name in runnable}
+            if optillm_service is not None:
+                arms[OPTILLM] = optillm_asker(
+                    session, optillm_service.base_url, target.model, sampling
+                )
             await asyncio.to_thread(settle)
-            _progress(f"{name}: {len(problems)} problems …")
-            before = await _engine_tokens(session, target.engine_url)
-            outcomes, elapsed = await run_gateway_strategy(
-                session, target, name, problems, sampling, concurrency
-            )
-            after = await _engine_tokens(session, target.engine_url)
-            rows[name] = summarize(
-                name, outcomes, elapsed, None if before is None or after is None else after - before
-            )
-            _progress(_progress_line(rows[name]))
+            _progress(f"{', '.join(arms)}: {len(problems)} problems, interleaved …")
+            rows = await run_interleaved(session, arms, problems, target.engine_url)
+        else:
+            for name in runnable:
+                await asyncio.to_thread(settle)
+                _progress(f"{name}: {len(problems)} problems …")
+                before = await _engine_tokens(session, target.engine_url)
+                outcomes, elapsed = await run_gateway_strategy(
+                    session, target, name, problems, sampling, concurrency
+                )
+                after = await _engine_tokens(session, target.engine_url)
+                rows[name] = summarize(name, outcomes, elapsed, _difference(before, after))
+            if optillm_service is not None:
+                await asyncio.to_thread(settle)
+                _progress(f"{OPTILLM} {OPTILLM_APPROACH} k={sampling.k}: {len(problems)} …")
+                before = await _engine_tokens(session, target.engine_url)
+                outcomes, elapsed = await run_optillm(
+                    session,
+                    optillm_service.base_url,
+                    target.model,
+                    problems,
+                    sampling,
+                    concurrency,
+                )
+                after = await _engine_tokens(session, target.engine_url)
+                rows[OPTILLM] = summarize(OPTILLM, outcomes, elapsed, _difference(before, after))
+        for row in rows.values():
+            _progress(_progress_line(row))
+
+        optillm_log: list[str] = []
+        if optillm_service is not None:
+            optillm_service.stop()
+            optillm_log = _optillm_notes(optillm_service.log_path, rows[OPTILLM], sampling.k)
 
         fastest: FastestSample | None = None
         if "first_finish" in rows and "single" in target.strategies:
@@ -1122,29 +1219,17 @@ async def _measure(
             _progress(f"  p50 {_num(fastest.p50_ms)} ms over {len(fastest.first_ms)} problems")
             if fastest.errors:
                 notes.append(f"fastest single sample: {fastest.errors} probe request(s) failed")
-
-        optillm_log: list[str] = []
-        if optillm:
-            if target.engine_url is None:
-                notes.append("optillm skipped: the gateway's /ready names no healthy worker")
-            else:
-                rows[OPTILLM], optillm_log = await _measure_optillm(
-                    work, stack, session, target, problems, sampling, concurrency, optillm_venv
-                )
-                _progress(_progress_line(rows[OPTILLM]))
     return rows, fastest, target, optillm_log
 
 
-async def _measure_optillm(
-    work: Path,
-    stack: contextlib.ExitStack,
-    session: aiohttp.ClientSession,
-    target: Target,
-    problems: list[Problem],
-    sampling: Sampling,
-    concurrency: int,
-    venv: Path,
-) -> tuple[Summary, list[str]]:
+def _difference(before: int | None, after: int | None) -> int | None:
+    return None if before is None or after is None else after - before
+
+
+async def _start_optillm(
+    work: Path, stack: contextlib.ExitStack, target: Target, venv: Path
+) -> ChildService:
+    """optillm as a proxy in front of the gateway's engine, stopped with the run."""
     assert target.engine_url is not None
     port = free_port()
     home = work / "optillm"
@@ -1172,18 +1257,7 @@ async def _measure_optillm(
     _progress(f"starting optillm on port {port} → {target.engine_url}/v1 …")
     service.start()
     await asyncio.to_thread(service.wait_ready, 300)
-    await asyncio.to_thread(settle)
-    _progress(f"{OPTILLM} {OPTILLM_APPROACH} k={sampling.k}: {len(problems)} problems …")
-    before = await _engine_tokens(session, target.engine_url)
-    outcomes, elapsed = await run_optillm(
-        session, service.base_url, target.model, problems, sampling, concurrency
-    )
-    after = await _engine_tokens(session, target.engine_url)
-    summary = summarize(
-        OPTILLM, outcomes, elapsed, None if before is None or after is None else after - before
-    )
-    service.stop()
-    return summary, _optillm_notes(service.log_path, summary, sampling.k)
+    return service
 
 
 def _optillm_notes(log_path: Path, summary: Summary, k: int) -> list[str]:

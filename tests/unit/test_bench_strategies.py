@@ -15,6 +15,7 @@ from gateway.bench.strategies import (
     OPTILLM,
     FastestSample,
     Outcome,
+    Problem,
     Summary,
     build_messages,
     finish_reasons,
@@ -27,6 +28,7 @@ from gateway.bench.strategies import (
     optillm_outcome,
     ratios_and_targets,
     render_table,
+    run_interleaved,
     summarize,
 )
 
@@ -371,3 +373,33 @@ def test_engine_generated_token_counters() -> None:
     assert generated_tokens(llamacpp) == 171
     assert generated_tokens(vllm) == 1234
     assert generated_tokens("other_metric 5\n") is None
+
+
+# --- interleaving ------------------------------------------------------------------------------
+
+
+async def test_interleaved_arms_take_turns_in_an_order_rotated_per_problem() -> None:
+    calls: list[tuple[str, str]] = []
+
+    def arm(name: str, wall_ms: float) -> Any:
+        async def one(problem: Problem) -> Outcome:
+            calls.append((name, problem.question))
+            return Outcome(wall_ms, correct=name == "a", completion_tokens=10)
+
+        return one
+
+    problems = [Problem(f"q{i}", "1") for i in range(3)]
+    rows = await run_interleaved(
+        None,  # type: ignore[arg-type]  # no engine URL: the session is never used
+        {"a": arm("a", 5.0), "b": arm("b", 7.0), "c": arm("c", 9.0)},
+        problems,
+        engine_url=None,
+    )
+    assert calls == [
+        ("a", "q0"), ("b", "q0"), ("c", "q0"),
+        ("b", "q1"), ("c", "q1"), ("a", "q1"),
+        ("c", "q2"), ("a", "q2"), ("b", "q2"),
+    ]  # fmt: skip
+    assert (rows["a"].correct, rows["b"].correct) == (3, 0)
+    assert rows["c"].wall_p50_ms == 9.0 and rows["c"].completion_tokens == 30
+    assert rows["a"].engine_tokens is None
