@@ -106,8 +106,11 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         title=app.title, version=app.version, description=app.description, routes=app.routes
     )
     components = schema.setdefault("components", {}).setdefault("schemas", {})
+    served = app.state.gateway.pools.models
     for path, model in _BODIES.items():
         body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        # This deployment's models: a client (or a fuzzer) learns what `model` may be.
+        body["properties"]["model"]["enum"] = served
         components.update(body.pop("$defs", {}))
         components[model.__name__] = body
         schema["paths"][path]["post"]["requestBody"] = {

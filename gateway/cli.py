@@ -84,7 +84,7 @@ def serve(
                 port=server.port,
                 log_level=server.log_level,
                 access_log=False,
-                timeout_graceful_shutdown=30,
+                timeout_graceful_shutdown=server.shutdown_grace_s,
                 loop="uvloop",
                 http="httptools",
             )

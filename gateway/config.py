@@ -162,6 +162,12 @@ class ServerConfig(_Strict):
     workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = Field(True, description="One log line per request, with its X-Request-Id")
+    shutdown_grace_s: int = Field(
+        30,
+        ge=0,
+        description="On SIGTERM/Ctrl-C: stop accepting, let requests in flight finish this "
+        "long, then cancel them (their upstream work is aborted)",
+    )
 
 
 class LimitsConfig(_Strict):
