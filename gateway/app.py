@@ -23,6 +23,7 @@ from gateway.middleware import RequestIdMiddleware
 from gateway.pool import PoolRegistry, WorkerPool
 from gateway.protocol import ChatCompletionRequest, CompletionRequest
 from gateway.proxy import Upstream
+from gateway.response_cache import ResponseCache
 from gateway.routes import GatewayState, SamplingFastLane, router
 from gateway.strategy_runner import StrategyRunner
 
@@ -50,6 +51,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         metrics,
         PriceCeiling.of(meter.prices, pools.models),
     )
+    cache = ResponseCache.open(settings.cache, settings.state, metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -73,6 +75,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             await meter.close()
             await pools.close()
             await access.close()
+            if cache is not None:
+                await cache.close()
 
     app = FastAPI(
         title="ttc-gateway",
@@ -82,7 +86,13 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     )
     upstream = Upstream(metrics, meter)
     app.state.gateway = GatewayState(
-        settings, pools, upstream, metrics, StrategyRunner(pools, upstream, metrics), access
+        settings,
+        pools,
+        upstream,
+        metrics,
+        StrategyRunner(pools, upstream, metrics),
+        access,
+        cache,
     )
     install_error_handlers(app)
     app.include_router(router)

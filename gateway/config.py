@@ -128,6 +128,19 @@ class EmbeddedLlamaCppConfig(_Strict):
     usd_per_hour: float = Field(0.0, ge=0, description="As for a worker")
 
 
+class DnsDiscoveryConfig(_Strict):
+    """Workers found by resolving a DNS name, e.g. a Kubernetes headless Service: every address
+    it resolves to is a worker; the name is resolved again every ``interval_s``."""
+
+    host: str = Field(description="Name to resolve, e.g. vllm-workers.default.svc.cluster.local")
+    port: int = Field(ge=1, le=65535, description="The engines' port")
+    scheme: Literal["http", "https"] = "http"
+    interval_s: float = Field(10.0, gt=0, description="How often the name is resolved again")
+    max_in_flight: int = Field(256, ge=1, description="As for a worker, for each one found")
+    usd_per_hour: float = Field(0.0, ge=0, description="As for a worker, for each one found")
+    energy: EnergyConfig | None = Field(None, description="As for a worker, for each one found")
+
+
 class PoolConfig(_Strict):
     """Workers that serve one model with one engine, grouped under roles."""
 
@@ -139,6 +152,9 @@ class PoolConfig(_Strict):
     )
     roles: list[Role] = Field(default_factory=lambda: [Role.SMALL, Role.LARGE, Role.JUDGE])
     workers: list[WorkerConfig] = Field(default_factory=list)
+    discovery: DnsDiscoveryConfig | None = Field(
+        None, description="Find (more) workers by DNS, e.g. a headless Service"
+    )
     embedded: EmbeddedLlamaCppConfig | None = None
     api_key: str | None = Field(None, description="Bearer token sent to the workers, if any")
     supports_n: bool = Field(True, description="Engine honours `n` > 1 in one request")
@@ -149,8 +165,8 @@ class PoolConfig(_Strict):
 
     @model_validator(mode="after")
     def _has_a_worker(self) -> PoolConfig:
-        if not self.workers and self.embedded is None:
-            raise ValueError("a pool needs `workers` or `embedded`")
+        if not self.workers and self.embedded is None and self.discovery is None:
+            raise ValueError("a pool needs `workers`, `discovery` or `embedded`")
         if self.embedded is not None and self.engine is not EngineKind.LLAMACPP:
             raise ValueError("`embedded` is only available for engine: llamacpp")
         return self
@@ -174,6 +190,9 @@ class LimitsConfig(_Strict):
     """Bounds on what one request may ask for."""
 
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    max_json_depth: int = Field(
+        32, ge=4, le=512, description="Deepest nesting of JSON objects/arrays in a body"
+    )
     max_n: int = Field(16, ge=1, description="Largest `n` (samples) a request may ask for")
     max_tokens: int = Field(32768, ge=1, description="Largest `max_tokens` a request may ask for")
     request_timeout_s: float = Field(600.0, gt=0, description="Whole-request deadline (504)")
@@ -223,6 +242,15 @@ class SharedStateConfig(_Strict):
     timeout_s: float = Field(0.5, gt=0, description="Longest wait for one Redis call")
 
 
+class ResponseCacheConfig(_Strict):
+    """Whole answers to deterministic requests (temperature 0 or a seed; not streamed)."""
+
+    enabled: bool = Field(False, description="Answer repeated deterministic requests from cache")
+    ttl_s: float = Field(300.0, gt=0, description="How long an answer is kept")
+    max_entries: int = Field(10_000, ge=1, description="In process memory (no Redis): LRU size")
+    per_key: bool = Field(True, description="Entries are per API key (no key sees another's)")
+
+
 class HealthCheckConfig(_Strict):
     interval_s: float = Field(5.0, gt=0)
     timeout_s: float = Field(2.0, gt=0)
@@ -261,6 +289,7 @@ class GatewaySettings(BaseSettings):
     metering: MeteringConfig = MeteringConfig()
     auth: AuthConfig = AuthConfig()
     state: SharedStateConfig = SharedStateConfig()
+    cache: ResponseCacheConfig = ResponseCacheConfig()
     default_strategy: str = "single"
     pools: list[PoolConfig] = Field(default_factory=_embedded_default_pool, min_length=1)
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -229,6 +230,7 @@ class Meter:
         for pool in self.pools.pools:
             for worker in pool.workers:
                 self.add_worker(pool.name, worker)
+            pool.on_worker_added.append(functools.partial(self.add_worker, pool.name))
         self._task = asyncio.create_task(self._loop(), name="metering")
 
     def add_worker(self, pool: str, worker: Worker) -> None:

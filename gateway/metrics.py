@@ -234,3 +234,9 @@ class GatewayMetrics:
             ["pool", "worker"],
             registry=r,
         )
+        self.response_cache = Counter(
+            "ttc_response_cache",
+            "Response cache lookups: hit, miss, skipped (not deterministic or streamed), error",
+            ["result"],
+            registry=r,
+        )

@@ -20,7 +20,8 @@ import contextlib
 import itertools
 import logging
 import math
-from collections.abc import Iterable
+import socket
+from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
 
 import aiohttp
@@ -37,6 +38,18 @@ log = logging.getLogger("ttc.pool")
 
 KEEPALIVE_EXPIRY_S = 4.0
 
+Resolver = Callable[[str, int], Awaitable[set[str]]]
+
+
+async def resolve_addresses(host: str, port: int) -> set[str]:
+    """The IP addresses ``host`` resolves to (A and AAAA records)."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return {str(info[4][0]) for info in infos}
+
+
+def _url_host(address: str) -> str:
+    return f"[{address}]" if ":" in address else address
+
 
 class Worker:
     """One engine server and what the gateway knows about it right now."""
@@ -46,11 +59,13 @@ class Worker:
         "busy",
         "config",
         "consecutive_failures",
+        "discovered",
         "engine_stats",
         "healthy",
         "in_flight",
         "max_in_flight",
         "name",
+        "retired",
         "url",
     )
 
@@ -65,6 +80,8 @@ class Worker:
         self.consecutive_failures = 0
         self.busy = BusyClock()  # for energy estimates: time with requests in flight
         self.engine_stats: EngineStats | None = None  # from its /metrics, at each health check
+        self.discovered = False  # found by DNS discovery rather than configured
+        self.retired = False  # no longer in DNS: no new requests, dropped once idle
 
     def __repr__(self) -> str:
         return f"Worker({self.url}, in_flight={self.in_flight}, healthy={self.healthy})"
@@ -108,6 +125,7 @@ class WorkerPool:
         health: HealthCheckConfig,
         metrics: GatewayMetrics,
         breaker: CircuitBreakerConfig | None = None,
+        resolve: Resolver | None = None,
     ) -> None:
         self.config = config
         self.name = config.name
@@ -121,6 +139,9 @@ class WorkerPool:
         self._rotation = itertools.count()
         self._session: aiohttp.ClientSession | None = None
         self._health_task: asyncio.Task[None] | None = None
+        self._discovery_task: asyncio.Task[None] | None = None
+        self._resolve = resolve or resolve_addresses
+        self.on_worker_added: list[Callable[[Worker], None]] = []  # e.g. the meter
         self.request_timeout = aiohttp.ClientTimeout(
             total=None, connect=config.connect_timeout_s, sock_read=config.read_timeout_s
         )
@@ -136,14 +157,21 @@ class WorkerPool:
         self._session = aiohttp.ClientSession(
             connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",)
         )
+        if self.config.discovery is not None:
+            await self.discover()
+            self._discovery_task = asyncio.create_task(
+                self._discovery_loop(self.config.discovery.interval_s),
+                name=f"discovery:{self.name}",
+            )
         await self.check_health()
         self._health_task = asyncio.create_task(self._health_loop(), name=f"health:{self.name}")
 
     async def close(self) -> None:
-        if self._health_task is not None:
-            self._health_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._health_task
+        for task in (self._health_task, self._discovery_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._session is not None:
             await self._session.close()
 
@@ -151,6 +179,61 @@ class WorkerPool:
         worker = Worker(WorkerConfig(url=url, max_in_flight=max_in_flight), self._breaker)
         self.workers.append(worker)
         return worker
+
+    # -- discovery --------------------------------------------------------------------------
+    async def discover(self) -> None:
+        """Resolve ``discovery.host``: a worker for each new address; a worker whose address is
+        gone gets no new requests and is dropped once its requests have ended. A failed lookup
+        keeps the workers there are (DNS trouble must not empty a pool)."""
+        found = self.config.discovery
+        assert found is not None
+        try:
+            addresses = await self._resolve(found.host, found.port)
+        except OSError as exc:
+            log.warning("pool %s: cannot resolve %s: %s", self.name, found.host, exc)
+            return
+        urls = {f"{found.scheme}://{_url_host(a)}:{found.port}" for a in addresses}
+        for worker in self.workers:
+            if worker.discovered and worker.retired != (worker.url not in urls):
+                worker.retired = worker.url not in urls
+                log.info(
+                    "pool %s: worker %s %s",
+                    self.name,
+                    worker.url,
+                    "left DNS (retired)" if worker.retired else "is back in DNS",
+                )
+        for url in sorted(urls - {w.url for w in self.workers}):
+            config = WorkerConfig(
+                url=url,
+                max_in_flight=found.max_in_flight,
+                usd_per_hour=found.usd_per_hour,
+                energy=found.energy,
+            )
+            worker = Worker(config, self._breaker)
+            worker.discovered = True
+            self.workers.append(worker)
+            log.info("pool %s: found worker %s (%s)", self.name, url, found.host)
+            for listener in self.on_worker_added:
+                listener(worker)
+            if self._session is not None:
+                await self._check_worker(worker)
+        for gone in [w for w in self.workers if w.retired and w.in_flight == 0]:
+            self.workers.remove(gone)
+            for gauge in (
+                self._metrics.worker_healthy,
+                self._metrics.worker_in_flight,
+                self._metrics.circuit_state,
+            ):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(self.name, gone.name)
+
+    async def _discovery_loop(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.discover()
+            except Exception:  # a bug here must not stop future lookups
+                log.exception("discovery of pool %s failed", self.name)
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -163,7 +246,7 @@ class WorkerPool:
         """Take a slot on ``prefer`` when it is healthy, its circuit lets requests through and
         it has room, else on the least-loaded such worker (ties rotate), or raise 429/503."""
         excluded = set(map(id, exclude))
-        healthy = [w for w in self.workers if w.healthy and id(w) not in excluded]
+        healthy = [w for w in self.workers if w.healthy and not w.retired and id(w) not in excluded]
         candidates = [w for w in healthy if w.breaker.allows()]
         if (
             prefer is not None

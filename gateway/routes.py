@@ -27,6 +27,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.pool import PoolRegistry
 from gateway.protocol import ChatCompletionRequest, CompletionRequest, parse_request
 from gateway.proxy import RequestContext, Upstream
+from gateway.response_cache import CachedAnswer, ResponseCache
 from gateway.sse import ClientDisconnected, DisconnectAwareStream, cancel_on_disconnect
 from gateway.strategy_runner import StrategyRunner, cost_headers
 from strategies import (
@@ -55,6 +56,7 @@ class GatewayState:
     metrics: GatewayMetrics
     runner: StrategyRunner
     access: AccessControl
+    cache: ResponseCache | None = None
 
 
 def _state(request: Request) -> GatewayState:
@@ -86,6 +88,27 @@ async def read_json_body(request: Request, limit: int) -> Any:
         raise invalid_request(
             f"The request body is not valid JSON: {exc}", code="invalid_json"
         ) from None
+
+
+def check_depth(value: Any, limit: int) -> None:
+    """400 when JSON objects and arrays nest deeper than ``limit``: the body is forwarded, and
+    a worker's own JSON parser may recurse (Python's stops near 1,000 levels). Breadth-first,
+    one list per level, so a deep body costs no recursion here either."""
+    level = [value] if isinstance(value, dict | list) else []
+    depth = 0
+    while level:
+        depth += 1
+        if depth > limit:
+            raise invalid_request(
+                f"The request body nests objects and arrays deeper than {limit} levels",
+                code="json_too_deep",
+            )
+        level = [
+            child
+            for item in level
+            for child in (item.values() if isinstance(item, dict) else item)
+            if isinstance(child, dict | list)
+        ]
 
 
 @dataclass
@@ -199,6 +222,7 @@ async def _sampling(request: Request, endpoint: str) -> Response:
     streaming = False  # a stream settles its admission when it ends, not when this returns
     try:
         body = await read_json_body(request, state.settings.limits.max_body_bytes)
+        check_depth(body, state.settings.limits.max_json_depth)
         parsed = parse_request(
             ChatCompletionRequest if endpoint == "chat" else CompletionRequest,
             body,
@@ -230,6 +254,25 @@ async def _sampling(request: Request, endpoint: str) -> Response:
             lambda: spec.bound(params, prompt_token_bound(body), max_tokens, parsed.n),
         )
         forward = {k: v for k, v in body.items() if k != "ttc"}
+        cache_key = None
+        if state.cache is not None:
+            cache_key = state.cache.key(
+                endpoint=endpoint,
+                model=model,
+                strategy=spec.name,
+                params=params,
+                budgets=budgets,
+                body=forward,
+                key_id=admission.key_id,
+            )
+            cached = await state.cache.lookup(cache_key) if cache_key is not None else None
+            if cached is not None:
+                status = 200
+                return Response(
+                    cached.body,
+                    media_type="application/json",
+                    headers={**cached.headers, "X-TTC-Cache": "hit"},
+                )
         if spec.run is not None:
             response = await _run_strategy(
                 request,
@@ -245,6 +288,8 @@ async def _sampling(request: Request, endpoint: str) -> Response:
                 admission,
             )
             streaming = isinstance(response, DisconnectAwareStream)
+            if cache_key is not None and not streaming:
+                await _remember(state, cache_key, response)
             return response
         apply_budgets(budgets, forward, parsed.n, ctx)
         headers = {"X-TTC-Strategy": spec.name}
@@ -270,6 +315,8 @@ async def _sampling(request: Request, endpoint: str) -> Response:
         state.metrics.overhead.labels(spec.name).observe(
             time.perf_counter() - ctx.arrived - ctx.upstream_s
         )
+        if cache_key is not None:
+            await _remember(state, cache_key, response)
         return response
     except GatewayError as exc:
         status = exc.status
@@ -286,6 +333,14 @@ async def _sampling(request: Request, endpoint: str) -> Response:
         metrics.request_duration.labels(ctx.strategy, model, endpoint).observe(
             time.perf_counter() - ctx.arrived
         )
+
+
+async def _remember(state: GatewayState, key: str, response: Response) -> None:
+    """Store a complete answer (not one a budget cut short) under its cache key."""
+    headers = {k: v for k, v in response.headers.items() if k.lower().startswith("x-ttc-")}
+    if state.cache is None or headers.get("x-ttc-truncated") == "true":
+        return
+    await state.cache.store_answer(key, CachedAnswer(bytes(response.body), headers))
 
 
 async def _settle(admission: Admission, ctx: RequestContext) -> None:

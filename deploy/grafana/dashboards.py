@@ -92,6 +92,19 @@ OVERVIEW = Dashboard(
             {"{{worker}} {{kind}}": f"sum by (worker, kind) (rate(ttc_upstream_errors_total{R}))"},
             "reqps",
         ),
+        Panel(
+            "Refused before any upstream call",
+            {"{{reason}}": f"sum by (reason) (rate(ttc_access_denied_total{R})) or vector(0)"},
+            "reqps",
+            "API keys, rate limits and budgets: missing/unknown/revoked key, max_k, strategy, "
+            "rpm, tpm, budget",
+        ),
+        Panel(
+            "Shared state (Redis) up",
+            {"{{backend}}": "min by (backend) (ttc_shared_state_up)"},
+            "short",
+            "0: the key store is failing; state.on_failure decides who is served meanwhile",
+        ),
     ],
 )
 
@@ -253,6 +266,12 @@ WORKERS = Dashboard(
             {"{{worker}}": "max by (worker) (ttc_worker_healthy)"},
             "short",
             "1: passed its last health check",
+        ),
+        Panel(
+            "Circuit breaker",
+            {"{{worker}}": "max by (worker) (ttc_worker_circuit_state)"},
+            "short",
+            "0 closed, 1 half-open (one probe request), 2 open (no requests)",
         ),
         Panel(
             "Engine: running and waiting requests",

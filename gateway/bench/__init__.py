@@ -9,10 +9,12 @@ bench_app = typer.Typer(help="Benchmarks that print measured ratios.", no_args_i
 
 def _register() -> None:
     from gateway.bench.overhead import overhead
+    from gateway.bench.soak import soak
     from gateway.bench.strategies import strategies
 
     bench_app.command("overhead")(overhead)
     bench_app.command("strategies")(strategies)
+    bench_app.command("soak")(soak)
 
 
 _register()

@@ -5,12 +5,14 @@ API: ``POST /v1/chat/completions`` and ``/v1/completions`` return a fixed small 
 with ``"stream": true`` a short SSE stream (role chunk, two content chunks, finish chunk, a usage
 chunk when ``stream_options.include_usage`` is set, ``[DONE]``), each chunk a separate write;
 ``GET /v1/models`` and ``/health`` answer 200. Run it with
-``python -m gateway.bench.instant_engine --port 9100``.
+``python -m gateway.bench.instant_engine --port 9100`` (``--chunk-delay-ms`` spaces the chunks
+of a stream, for soak tests whose streams should last).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 from typing import Any
 
 import orjson
@@ -106,8 +108,16 @@ async def _read_body(receive: Any) -> bytes:
     return body
 
 
-async def app(scope: Scope, receive: Any, send: Any) -> None:
-    """The ASGI application."""
+def make_app(chunk_delay_s: float = 0.0) -> Any:
+    """The ASGI application; streamed chunks ``chunk_delay_s`` apart (0: at once)."""
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        await _serve(scope, receive, send, chunk_delay_s)
+
+    return app
+
+
+async def _serve(scope: Scope, receive: Any, send: Any, chunk_delay_s: float) -> None:
     if scope["type"] == "lifespan":
         while True:
             message = await receive()
@@ -131,6 +141,8 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
         if body.get("stream"):
             await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
             for chunk in stream_chunks(body, chat):
+                if chunk_delay_s:
+                    await asyncio.sleep(chunk_delay_s)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return
@@ -152,9 +164,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9100)
+    parser.add_argument("--chunk-delay-ms", type=float, default=0.0, help="between SSE chunks")
     args = parser.parse_args(argv)
     uvicorn.run(
-        app,
+        make_app(args.chunk_delay_ms / 1000),
         host=args.host,
         port=args.port,
         loop="uvloop",

@@ -783,13 +783,34 @@ async def run_interleaved(
                 started = time.perf_counter()
                 outcome = await arms[name](problem)
                 elapsed[name] += time.perf_counter() - started
-                after = await _engine_tokens(session, engine_url)
+                after = await _settled_engine_tokens(session, engine_url)
                 delta, counted = _difference(before, after), engine[name]
                 engine[name] = None if delta is None or counted is None else counted + delta
                 timeouts[name] += outcome.error == TIMEOUT_ERROR
             outcomes[name].append(outcome)
             _progress_outcome(name, index, outcome)
     return {name: summarize(name, outcomes[name], elapsed[name], engine[name]) for name in names}
+
+
+ENGINE_SETTLE_POLL_S = 0.15
+ENGINE_SETTLE_MAX_S = 5.0
+
+
+async def _settled_engine_tokens(
+    session: aiohttp.ClientSession, engine_url: str | None
+) -> int | None:
+    """The engine's generated-token counter once it stops moving: an engine books a sequence
+    when it ends, aborted ones a moment after the stream closed, and in an interleaved run
+    those tokens would otherwise land on the next arm's request."""
+    last = await _engine_tokens(session, engine_url)
+    deadline = time.monotonic() + ENGINE_SETTLE_MAX_S
+    while last is not None and time.monotonic() < deadline:
+        await asyncio.sleep(ENGINE_SETTLE_POLL_S)
+        now = await _engine_tokens(session, engine_url)
+        if now == last:
+            return now
+        last = now
+    return last
 
 
 async def run_gateway_strategy(

@@ -21,22 +21,24 @@ from gateway.standin.script import Script
 SHUTDOWN_GRACE_S = 2.0
 
 
-def bind_free_port(host: str = "127.0.0.1") -> socket.socket:
-    """A listening-ready socket on a free port (the caller owns it)."""
+def bind_free_port(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
+    """A listening-ready socket on ``port`` (0: a free one); the caller owns it."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, 0))
+    sock.bind((host, port))
     return sock
 
 
 @contextlib.asynccontextmanager
-async def serve_asgi(app: Any, *, lifespan: str = "auto") -> AsyncIterator[str]:
+async def serve_asgi(
+    app: Any, *, lifespan: str = "auto", host: str = "127.0.0.1", port: int = 0
+) -> AsyncIterator[str]:
     """Serve ``app`` on 127.0.0.1:<free port> until the block exits; yields the base URL.
 
     Drives ``uvicorn.Server.startup``/``shutdown`` directly: no main-loop tick to wait for and
     no signal handlers taken from the test process.
     """
-    sock = bind_free_port()
+    sock = bind_free_port(host, port)
     port = sock.getsockname()[1]
     config = uvicorn.Config(
         app,
@@ -54,7 +56,7 @@ async def serve_asgi(app: Any, *, lifespan: str = "auto") -> AsyncIterator[str]:
         sock.close()
         raise RuntimeError(f"{app!r} failed to start (see its log)") from None
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://{host}:{port}"
     finally:
         await server.shutdown(sockets=[sock])
 
@@ -74,8 +76,11 @@ async def serve_standin(
     *,
     served_model: str | None = None,
     max_running: int | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
 ) -> AsyncIterator[RunningStandin]:
-    """Start a stand-in of ``flavor`` on a free port; yields its URL and handle."""
+    """Start a stand-in of ``flavor`` on ``host``:``port`` (0: a free port); yields its URL
+    and handle."""
     engine = StandinEngine(flavor, script, served_model=served_model, max_running=max_running)
-    async with serve_asgi(engine, lifespan="off") as url:
+    async with serve_asgi(engine, lifespan="off", host=host, port=port) as url:
         yield RunningStandin(url, engine)

@@ -48,6 +48,52 @@ async def test_malformed_json_and_invalid_utf8_are_400() -> None:
             assert response.json()["error"]["code"] == "invalid_json"
 
 
+async def test_deeply_nested_json_is_400_and_never_reaches_the_worker() -> None:
+    async with (
+        serve_standin("vllm") as standin,
+        serve_gateway(pool_for("vllm", standin.url)) as gw,
+    ):
+        nested: object = "deep"
+        for _ in range(40):
+            nested = {"x": [nested]}
+        too_deep = chat_body(metadata=nested)
+        response = await gw.client.post("/v1/chat/completions", json=too_deep)
+        assert response.status_code == 400
+        assert response.json()["error"]["code"] == "json_too_deep"
+        beyond_orjson = b'{"model": "m", "x": ' + b"[" * 2000 + b"]" * 2000 + b"}"
+        response = await gw.client.post(
+            "/v1/chat/completions",
+            content=beyond_orjson,
+            headers={"Content-Type": "application/json"},
+        )
+        assert response.status_code == 400
+        assert response.json()["error"]["code"] == "invalid_json"
+        assert standin.engine.requests == []
+        tools = [{"type": "function", "function": {"name": "f", "parameters": {
+            "type": "object", "properties": {"a": {"type": "array", "items": {
+                "type": "object", "properties": {"b": {"type": "string"}}}}}}}}]  # fmt: skip
+        response = await gw.client.post("/v1/chat/completions", json=chat_body(tools=tools))
+        assert response.status_code == 200  # a real tool schema nests well within the limit
+
+
+async def test_cors_is_off_by_default() -> None:
+    """No Access-Control-* headers: a browser page on another origin cannot call the gateway
+    with a user's credentials unless a proxy in front of it allows that on purpose."""
+    async with (
+        serve_standin("vllm") as standin,
+        serve_gateway(pool_for("vllm", standin.url)) as gw,
+    ):
+        origin = {"Origin": "https://evil.example"}
+        preflight = await gw.client.options(
+            "/v1/chat/completions",
+            headers={**origin, "Access-Control-Request-Method": "POST"},
+        )
+        answer = await gw.client.post("/v1/chat/completions", json=chat_body(), headers=origin)
+        assert answer.status_code == 200
+        for response in (preflight, answer):
+            assert not any(h.lower().startswith("access-control-") for h in response.headers)
+
+
 async def test_saturated_pool_is_429_with_retry_after_and_recovers() -> None:
     slow = Script.text("a b c d e f g h", token_delay_s=0.05)
     async with serve_standin("vllm", slow) as standin:

@@ -49,7 +49,7 @@ def test_unknown_key_is_named(tmp_path: Path) -> None:
 def test_pool_without_workers_is_rejected(tmp_path: Path) -> None:
     path = tmp_path / "g.yaml"
     path.write_text("pools:\n  - {name: a, engine: vllm, model: m}\n")
-    with pytest.raises(ConfigError, match="a pool needs `workers` or `embedded`"):
+    with pytest.raises(ConfigError, match="a pool needs `workers`, `discovery` or `embedded`"):
         load_settings(path)
 
 
