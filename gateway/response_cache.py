@@ -28,6 +28,7 @@ from redis.exceptions import RedisError
 
 from gateway.config import ResponseCacheConfig, SharedStateConfig
 from gateway.metrics import GatewayMetrics
+from strategies import Budgets
 
 log = logging.getLogger("ttc.cache")
 
@@ -139,7 +140,7 @@ class ResponseCache:
         model: str,
         strategy: str,
         params: Mapping[str, Any],
-        budgets: Any,
+        budgets: Budgets,
         body: Mapping[str, Any],
         key_id: str | None,
     ) -> str | None:

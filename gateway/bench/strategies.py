@@ -813,30 +813,6 @@ async def _settled_engine_tokens(
     return last
 
 
-async def run_gateway_strategy(
-    session: aiohttp.ClientSession,
-    target: Target,
-    strategy: str,
-    problems: Sequence[Problem],
-    sampling: Sampling,
-    concurrency: int,
-) -> tuple[list[Outcome], float]:
-    one = gateway_asker(session, target, strategy, sampling)
-    return await _run_all(strategy, problems, concurrency, one)
-
-
-async def run_optillm(
-    session: aiohttp.ClientSession,
-    optillm_url: str,
-    model: str,
-    problems: Sequence[Problem],
-    sampling: Sampling,
-    concurrency: int,
-) -> tuple[list[Outcome], float]:
-    one = optillm_asker(session, optillm_url, model, sampling)
-    return await _run_all(OPTILLM, problems, concurrency, one)
-
-
 async def first_finish_ms(
     session: aiohttp.ClientSession, target: Target, problem: Problem, sampling: Sampling
 ) -> tuple[float, float, bool]:
@@ -1205,23 +1181,16 @@ async def _measure(
                 await asyncio.to_thread(settle)
                 _progress(f"{name}: {len(problems)} problems …")
                 before = await _engine_tokens(session, target.engine_url)
-                outcomes, elapsed = await run_gateway_strategy(
-                    session, target, name, problems, sampling, concurrency
-                )
+                one = gateway_asker(session, target, name, sampling)
+                outcomes, elapsed = await _run_all(name, problems, concurrency, one)
                 after = await _engine_tokens(session, target.engine_url)
                 rows[name] = summarize(name, outcomes, elapsed, _difference(before, after))
             if optillm_service is not None:
                 await asyncio.to_thread(settle)
                 _progress(f"{OPTILLM} {OPTILLM_APPROACH} k={sampling.k}: {len(problems)} …")
                 before = await _engine_tokens(session, target.engine_url)
-                outcomes, elapsed = await run_optillm(
-                    session,
-                    optillm_service.base_url,
-                    target.model,
-                    problems,
-                    sampling,
-                    concurrency,
-                )
+                one = optillm_asker(session, optillm_service.base_url, target.model, sampling)
+                outcomes, elapsed = await _run_all(OPTILLM, problems, concurrency, one)
                 after = await _engine_tokens(session, target.engine_url)
                 rows[OPTILLM] = summarize(OPTILLM, outcomes, elapsed, _difference(before, after))
         for row in rows.values():
