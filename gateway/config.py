@@ -93,6 +93,13 @@ class WorkerConfig(_Strict):
 
     url: str = Field(description="Base URL of the engine, e.g. http://10.0.0.5:8000")
     max_in_flight: int = Field(256, ge=1, description="Requests in flight before it counts as full")
+    max_sequences: int | None = Field(
+        None,
+        ge=1,
+        description="Sequences the engine decodes at once (llama.cpp --parallel, vLLM "
+        "--max-num-seqs); set, a request's k samples are split across workers when this one "
+        "has too few free",
+    )
     energy: EnergyConfig | None = Field(
         None,
         description="Where its energy is read (nvml, dcgm, zeusd, rapl, estimate); none: unmetered",
@@ -137,6 +144,7 @@ class DnsDiscoveryConfig(_Strict):
     scheme: Literal["http", "https"] = "http"
     interval_s: float = Field(10.0, gt=0, description="How often the name is resolved again")
     max_in_flight: int = Field(256, ge=1, description="As for a worker, for each one found")
+    max_sequences: int | None = Field(None, ge=1, description="As for a worker, for each found")
     usd_per_hour: float = Field(0.0, ge=0, description="As for a worker, for each one found")
     energy: EnergyConfig | None = Field(None, description="As for a worker, for each one found")
 

@@ -143,6 +143,7 @@ class EmbeddedEngines:
                             WorkerConfig(
                                 url=engine.url,
                                 max_in_flight=slots,
+                                max_sequences=engine.config.parallel,
                                 energy=engine.config.energy,
                                 usd_per_hour=engine.config.usd_per_hour,
                             ),

@@ -66,6 +66,7 @@ class Worker:
         "max_in_flight",
         "name",
         "retired",
+        "sequences",
         "url",
     )
 
@@ -76,6 +77,7 @@ class Worker:
         self.name = self.url.split("://", 1)[-1]
         self.max_in_flight = config.max_in_flight
         self.in_flight = 0
+        self.sequences = 0  # samples in flight: a request with n=k counts k
         self.healthy = False
         self.consecutive_failures = 0
         self.busy = BusyClock()  # for energy estimates: time with requests in flight
@@ -91,18 +93,21 @@ class WorkerLease:
     """A slot on one worker; released exactly once, whatever happens. ``probe``: the request
     that tests a worker whose circuit is half-open."""
 
-    __slots__ = ("_pool", "_released", "probe", "worker")
+    __slots__ = ("_pool", "_released", "probe", "sequences", "worker")
 
-    def __init__(self, pool: WorkerPool, worker: Worker, probe: bool = False) -> None:
+    def __init__(
+        self, pool: WorkerPool, worker: Worker, probe: bool = False, sequences: int = 1
+    ) -> None:
         self._pool = pool
         self.worker = worker
         self.probe = probe
+        self.sequences = sequences
         self._released = False
 
     def release(self) -> None:
         if not self._released:
             self._released = True
-            self._pool._release(self.worker, self.probe)
+            self._pool._release(self, self.worker)
 
     async def __aenter__(self) -> WorkerLease:
         return self
@@ -206,6 +211,7 @@ class WorkerPool:
             config = WorkerConfig(
                 url=url,
                 max_in_flight=found.max_in_flight,
+                max_sequences=found.max_sequences,
                 usd_per_hour=found.usd_per_hour,
                 energy=found.energy,
             )
@@ -242,18 +248,58 @@ class WorkerPool:
         return self._session
 
     # -- selection --------------------------------------------------------------------------
-    def lease(self, exclude: Iterable[Worker] = (), prefer: Worker | None = None) -> WorkerLease:
+    def _candidates(self, excluded: Iterable[Worker] = ()) -> tuple[list[Worker], list[Worker]]:
+        """The healthy workers still in DNS, and those of them whose circuit lets requests
+        through."""
+        skip = set(map(id, excluded))
+        healthy = [w for w in self.workers if w.healthy and not w.retired and id(w) not in skip]
+        return healthy, [w for w in healthy if w.breaker.allows()]
+
+    def plan(self, samples: int) -> list[tuple[Worker | None, int]]:
+        """Where ``samples`` samples of one prompt go: all on one worker (one request with
+        ``n``, one prefill) while the worker with the most free sequences can take them all;
+        else split over the workers with free sequences, in as few parts as possible. Without
+        ``max_sequences`` on every worker there is nothing to go by: one part, no worker named
+        (``lease`` picks)."""
+        _, candidates = self._candidates()
+        if not candidates or any(w.config.max_sequences is None for w in candidates):
+            return [(None, samples)]
+
+        def free(worker: Worker) -> int:
+            return (worker.config.max_sequences or 0) - worker.sequences
+
+        by_room = sorted(candidates, key=lambda w: (-free(w), w.in_flight))
+        parts: list[tuple[Worker | None, int]] = []
+        left = samples
+        for worker in by_room:
+            if left == 0 or free(worker) <= 0:
+                break
+            take = min(free(worker), left)
+            parts.append((worker, take))
+            left -= take
+        if not parts:
+            return [(by_room[0], samples)]  # every worker is full: queue on the least busy
+        if left:  # more samples than free sequences anywhere: the rest queue on the first
+            first, size = parts[0]
+            parts[0] = (first, size + left)
+        return parts
+
+    def lease(
+        self,
+        exclude: Iterable[Worker] = (),
+        prefer: Worker | None = None,
+        sequences: int = 1,
+    ) -> WorkerLease:
         """Take a slot on ``prefer`` when it is healthy, its circuit lets requests through and
-        it has room, else on the least-loaded such worker (ties rotate), or raise 429/503."""
-        excluded = set(map(id, exclude))
-        healthy = [w for w in self.workers if w.healthy and not w.retired and id(w) not in excluded]
-        candidates = [w for w in healthy if w.breaker.allows()]
+        it has room, else on the least-loaded such worker (ties rotate), or raise 429/503.
+        ``sequences``: the samples the request carries (its ``n``)."""
+        healthy, candidates = self._candidates(exclude)
         if (
             prefer is not None
             and prefer.in_flight < prefer.max_in_flight
             and any(w is prefer for w in candidates)
         ):
-            return self._take(prefer)
+            return self._take(prefer, sequences)
         if not candidates:
             if healthy:
                 wait = min(w.breaker.seconds_until_probe() for w in healthy)
@@ -280,20 +326,22 @@ class WorkerPool:
                 best = worker
         if best is None:
             raise overloaded(f"all workers for model {self.model!r} are at capacity")
-        return self._take(best)
+        return self._take(best, sequences)
 
-    def _take(self, worker: Worker) -> WorkerLease:
+    def _take(self, worker: Worker, sequences: int) -> WorkerLease:
         probe = worker.breaker.state is BreakerState.HALF_OPEN
         worker.breaker.started()
         worker.in_flight += 1
+        worker.sequences += sequences
         worker.busy.started()
         self._metrics.worker_in_flight.labels(self.name, worker.name).inc()
-        return WorkerLease(self, worker, probe)
+        return WorkerLease(self, worker, probe, sequences)
 
-    def _release(self, worker: Worker, probe: bool) -> None:
+    def _release(self, lease: WorkerLease, worker: Worker) -> None:
         worker.in_flight -= 1
+        worker.sequences -= lease.sequences
         worker.busy.ended()
-        if probe:
+        if lease.probe:
             worker.breaker.released()
         self._metrics.worker_in_flight.labels(self.name, worker.name).dec()
 

@@ -78,8 +78,9 @@ class Upstream:
         """Send ``body`` to the best worker (``prefer`` while it can take it); retry on another
         only if none was reached."""
         tried: list[Worker] = []
+        sequences = int(body.get("n") or 1)
         while True:
-            lease = pool.lease(exclude=tried, prefer=prefer)
+            lease = pool.lease(exclude=tried, prefer=prefer, sequences=sequences)
             worker = lease.worker
             payload = pool.adapter.prepare(dict(body), pool.upstream_model, ctx.request_id)
             sent = time.perf_counter()

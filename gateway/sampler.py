@@ -1,9 +1,11 @@
 """``PoolSampler``: the gateway's implementation of ``strategies.sampling.Sampler``.
 
 Placement: the k samples of a batch go to ONE worker as one streaming request with ``n=k`` (the
-engine prefills the prompt once and shares its KV blocks among the samples); one request per
-sample only when the strategy must cancel samples one at a time or the pool's engine ignores
-``n``. Each upstream stream is read by its own task into one queue, so a strategy sees a single
+engine prefills the prompt once and shares its KV blocks among the samples), split over several
+workers only when load requires it: the workers declare ``max_sequences`` and the one with the
+most free sequences cannot take all k (``WorkerPool.plan``); one request per sample only when
+the strategy must cancel samples one at a time or the pool's engine ignores ``n``. Each
+upstream stream is read by its own task into one queue, so a strategy sees a single
 merged stream of per-sample deltas.
 
 Sticky placement: calls whose ``SampleRequest.sticky_key`` matches go to the worker of that pool
@@ -251,11 +253,17 @@ class PoolSampler:
             body["messages"] = request.messages
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
-        sizes = [k] if not independent and pool.config.supports_n else [1] * k
+        parts: list[tuple[Worker | None, int]]
+        if independent or not pool.config.supports_n:
+            parts = [(None, 1)] * k
+        elif sticky is not None:
+            parts = [(None, k)]  # the sticky worker's prefix cache matters more
+        else:
+            parts = pool.plan(k)  # one worker when it has room for all k; split if not
         streams: list[_Stream] = []
         try:
             offset = 0
-            for size in sizes:
+            for planned, size in parts:
                 self._requests += 1
                 ctx = RequestContext(
                     request_id=f"{self.ctx.request_id}-{self._requests}",
@@ -270,7 +278,7 @@ class PoolSampler:
                     pool,
                     ctx,
                     {**body, "n": size},
-                    prefer=self._sticky.get(sticky) if sticky else None,
+                    prefer=self._sticky.get(sticky) if sticky else planned,
                 )
                 if sticky is not None:
                     self._sticky[sticky] = lease.worker
@@ -311,6 +319,14 @@ class PoolSampler:
                 completion += usage.completion_tokens
                 cached += usage.cached_tokens or 0
         return Usage(prompt, completion, cached or None)
+
+    def placement(self) -> list[dict[str, Any]]:
+        """Each upstream request: its worker and how many samples it carried."""
+        return [
+            {"worker": stream.lease.worker.name, "samples": stream.count}
+            for batch in self.batches
+            for stream in batch.streams
+        ]
 
     def sample_counts(self) -> dict[str, int]:
         launched = sum(b.k for b in self.batches)

@@ -106,6 +106,7 @@ class StrategyRunner:
             "strategy": spec.name,
             "parameters": params,
             "samples": sampler.sample_counts(),
+            "placement": sampler.placement(),
             "sample_tokens": sampler.sample_tokens(),
             "votes": outcome.votes,
             "winner": {"sample": outcome.winner, "answer": outcome.answer},
