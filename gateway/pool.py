@@ -107,7 +107,7 @@ class WorkerLease:
     def release(self) -> None:
         if not self._released:
             self._released = True
-            self._pool._release(self, self.worker)
+            self._pool._release(self)
 
     async def __aenter__(self) -> WorkerLease:
         return self
@@ -130,7 +130,6 @@ class WorkerPool:
         health: HealthCheckConfig,
         metrics: GatewayMetrics,
         breaker: CircuitBreakerConfig | None = None,
-        resolve: Resolver | None = None,
     ) -> None:
         self.config = config
         self.name = config.name
@@ -145,7 +144,7 @@ class WorkerPool:
         self._session: aiohttp.ClientSession | None = None
         self._health_task: asyncio.Task[None] | None = None
         self._discovery_task: asyncio.Task[None] | None = None
-        self._resolve = resolve or resolve_addresses
+        self._resolve: Resolver = resolve_addresses  # tests put a scripted DNS here
         self.on_worker_added: list[Callable[[Worker], None]] = []  # e.g. the meter
         self.request_timeout = aiohttp.ClientTimeout(
             total=None, connect=config.connect_timeout_s, sock_read=config.read_timeout_s
@@ -165,11 +164,14 @@ class WorkerPool:
         if self.config.discovery is not None:
             await self.discover()
             self._discovery_task = asyncio.create_task(
-                self._discovery_loop(self.config.discovery.interval_s),
+                self._every(self.config.discovery.interval_s, self.discover, "discovery"),
                 name=f"discovery:{self.name}",
             )
         await self.check_health()
-        self._health_task = asyncio.create_task(self._health_loop(), name=f"health:{self.name}")
+        self._health_task = asyncio.create_task(
+            self._every(self._health.interval_s, self.check_health, "health check"),
+            name=f"health:{self.name}",
+        )
 
     async def close(self) -> None:
         for task in (self._health_task, self._discovery_task):
@@ -233,13 +235,15 @@ class WorkerPool:
                 with contextlib.suppress(KeyError):
                     gauge.remove(self.name, gone.name)
 
-    async def _discovery_loop(self, interval_s: float) -> None:
+    async def _every(
+        self, interval_s: float, job: Callable[[], Awaitable[None]], what: str
+    ) -> None:
         while True:
             await asyncio.sleep(interval_s)
             try:
-                await self.discover()
-            except Exception:  # a bug here must not stop future lookups
-                log.exception("discovery of pool %s failed", self.name)
+                await job()
+            except Exception:  # a bug here must not stop the next run
+                log.exception("%s of pool %s failed", what, self.name)
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -337,7 +341,8 @@ class WorkerPool:
         self._metrics.worker_in_flight.labels(self.name, worker.name).inc()
         return WorkerLease(self, worker, probe, sequences)
 
-    def _release(self, lease: WorkerLease, worker: Worker) -> None:
+    def _release(self, lease: WorkerLease) -> None:
+        worker = lease.worker
         worker.in_flight -= 1
         worker.sequences -= lease.sequences
         worker.busy.ended()
@@ -413,14 +418,6 @@ class WorkerPool:
             worker.engine_stats = await scrape_engine(
                 self.session, worker.url, self.config.engine, self._health.timeout_s
             )
-
-    async def _health_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._health.interval_s)
-            try:
-                await self.check_health()
-            except Exception:  # a bug here must not stop future checks
-                log.exception("health check of pool %s failed", self.name)
 
 
 class PoolRegistry:

@@ -288,7 +288,7 @@ async def _sampling(request: Request, endpoint: str) -> Response:
                 admission,
             )
             streaming = isinstance(response, DisconnectAwareStream)
-            if cache_key is not None and not streaming:
+            if cache_key is not None:  # never set for a stream
                 await _remember(state, cache_key, response)
             return response
         apply_budgets(budgets, forward, parsed.n, ctx)
