@@ -207,7 +207,7 @@ class AccessControl:
             nusd = to_nusd(self.prices.cost(bound), round_up=True)
             result = await self.store.admit(key_hash, strategy, k, tokens, nusd, time.time())
         except StateUnavailable as exc:
-            return self._degraded_admit(secret, strategy, k, exc)
+            return self._degraded_admit(secret, exc)
         self._healthy()
         await self._replay()
         if result.verdict != "ok":
@@ -319,6 +319,8 @@ class AccessControl:
 
     async def _replay(self) -> None:
         """Settlements that failed while the store was down, in order, once it answers."""
+        if not self._pending:
+            return  # the usual case: nothing to do on the request path
         while self._pending:
             reservation, tokens, nusd = self._pending[0]
             try:
@@ -330,9 +332,7 @@ class AccessControl:
         self.metrics.shared_state_pending.labels(self.backend).set(0)
 
     # -- failure policy ---------------------------------------------------------------------
-    def _degraded_admit(
-        self, secret: str | None, strategy: str, k: int, exc: StateUnavailable
-    ) -> Admission:
+    def _degraded_admit(self, secret: str | None, exc: StateUnavailable) -> Admission:
         self._unhealthy("admit", exc)
         if self.on_failure == "open":
             keys_existed = self._has_keys[1] if self._has_keys is not None else True
