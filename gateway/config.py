@@ -10,6 +10,7 @@ embedded default (a llama.cpp worker serving SmolLM2-135M-Instruct, no GPU neede
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from enum import StrEnum
 from pathlib import Path
@@ -272,6 +273,31 @@ class CircuitBreakerConfig(_Strict):
     cooldown_s: float = Field(10.0, gt=0, description="Open this long before one probe request")
 
 
+class AnswersConfig(_Strict):
+    """How the voting strategies decide that two extracted answers are the same vote."""
+
+    equivalence: Literal["exact", "numeric", "symbolic"] = Field(
+        "numeric",
+        description="exact: equal normalised answers; numeric: also numbers equal within "
+        "rel_tol 1e-4 and numeric fractions; symbolic: also math-verify (the `math` extra)",
+    )
+    symbolic_timeout_s: float = Field(
+        2.0, gt=0, le=60, description="Longest wait for one math-verify check (then: different)"
+    )
+    symbolic_workers: int = Field(1, ge=1, le=64, description="math-verify worker processes")
+
+    @model_validator(mode="after")
+    def _math_extra_installed(self) -> AnswersConfig:
+        if self.equivalence == "symbolic":
+            missing = [m for m in ("math_verify", "pebble") if importlib.util.find_spec(m) is None]
+            if missing:
+                raise ValueError(
+                    f"equivalence 'symbolic' needs {' and '.join(missing)}: "
+                    "pip install 'ttc-gateway[math]'"
+                )
+        return self
+
+
 def _embedded_default_pool() -> list[PoolConfig]:
     return [
         PoolConfig(
@@ -298,6 +324,7 @@ class GatewaySettings(BaseSettings):
     auth: AuthConfig = AuthConfig()
     state: SharedStateConfig = SharedStateConfig()
     cache: ResponseCacheConfig = ResponseCacheConfig()
+    answers: AnswersConfig = AnswersConfig()
     default_strategy: str = "single"
     pools: list[PoolConfig] = Field(default_factory=_embedded_default_pool, min_length=1)
 

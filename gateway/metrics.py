@@ -91,6 +91,13 @@ class GatewayMetrics:
             buckets=(0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
             registry=r,
         )
+        self.answer_checks = Counter(
+            "ttc_answer_equivalence_checks",
+            "math-verify checks of two answers (answers.equivalence: symbolic), by result: "
+            "same, different, timeout, error (the last two count as different)",
+            ["result"],
+            registry=r,
+        )
         self.cascade_decisions = Counter(
             "ttc_cascade_decisions",
             "Cascade requests by decision: accepted (the small pool's answer) or escalated",

@@ -25,6 +25,7 @@ from gateway.sampler import BudgetGuard, PoolSampler
 from gateway.sse import encode_comment, encode_done, encode_event
 from gateway.streams import Usage
 from strategies import Budgets, StrategyOutcome, StrategySpec, StrategyTask
+from strategies.answers import AnswerBuckets, SameAnswer
 from strategies.sampling import SampleRequest
 
 HEARTBEAT_S = 1.0
@@ -64,10 +65,17 @@ class StrategyResult:
 class StrategyRunner:
     """Builds the sampler for a request, runs the strategy, and accounts for it."""
 
-    def __init__(self, pools: PoolRegistry, upstream: Upstream, metrics: GatewayMetrics) -> None:
+    def __init__(
+        self,
+        pools: PoolRegistry,
+        upstream: Upstream,
+        metrics: GatewayMetrics,
+        same_answer: SameAnswer | None = None,
+    ) -> None:
         self.pools = pools
         self.upstream = upstream
         self.metrics = metrics
+        self.same_answer = same_answer  # answers.equivalence; None: exact answer keys
 
     async def run(
         self,
@@ -95,6 +103,7 @@ class StrategyRunner:
             sampler=sampler,
             decided=decided,
             on_text=on_text,
+            answers=AnswerBuckets(self.same_answer),
         )
         try:
             outcome = await spec.run(task)

@@ -19,35 +19,38 @@ Implements docs/reference/STRATEGIES.md §0.1-§0.2:
    ``$1,000.00``, ``1000``, ``1000.0`` and ``\\boxed{1000}`` give one key.
 4. ``VoteTally``: majority vote in finish order; ties go to the earliest answer (§0.2: the
    ``Counter.most_common`` tie-break, which in finish order is short-m@k's "shortest chain").
-5. ``answers_equivalent`` / ``equivalent_async``: optional equivalence to merge vote buckets.
+5. ``AnswerBuckets``: optional equivalence that merges vote buckets: ``answers_equivalent``
+   (numbers within ``rel_tol=1e-4``, Qwen ``math_equal``) or a ``SameAnswer`` of the caller's,
+   such as the gateway's math-verify check (``gateway.equivalence``).
 
-Pure standard library: ``math_verify`` is used only if installed, and only in a worker process.
+Pure standard library: ``math_verify_equivalent`` imports ``math_verify`` when it is called.
 """
 
 from __future__ import annotations
 
-import asyncio
 import importlib
-import importlib.util
 import logging
 import math
 import re
-from collections.abc import Hashable, Mapping
-from concurrent.futures import BrokenExecutor, Executor
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from types import MappingProxyType
 from typing import Generic, TypeVar
 
 __all__ = [
+    "AnswerBuckets",
+    "SameAnswer",
     "VoteTally",
     "answer_key",
     "answer_region",
     "answers_equivalent",
-    "equivalent_async",
+    "both_numbers",
     "extract_answer",
     "gsm8k_gold",
+    "math_verify_equivalent",
     "normalize_answer",
+    "numerically_same",
 ]
 
 # ---------------------------------------------------------------------------------------------
@@ -368,7 +371,6 @@ class VoteTally(Generic[SampleId]):
 
 _REL_TOL = 1e-4  # Qwen grader.py::math_equal(is_close=True)
 _FRAC = re.compile(r"(-?)\\frac\{(-?\d+(?:\.\d+)?)\}\{(-?\d+(?:\.\d+)?)\}")
-_HAVE_MATH_VERIFY = importlib.util.find_spec("math_verify") is not None
 
 
 def _as_number(key: str) -> float | None:
@@ -392,8 +394,10 @@ def answers_equivalent(a: str, b: str) -> bool:
     return x is not None and y is not None and math.isclose(x, y, rel_tol=_REL_TOL)
 
 
-def _math_verify_either_way(a: str, b: str) -> bool:
-    """``verify(a, b) or verify(b, a)`` (math-verify is not symmetric), run in a worker process.
+def math_verify_equivalent(a: str, b: str) -> bool:
+    """``verify(a, b) or verify(b, a)`` (math-verify is not symmetric). Slow (sympy) and
+    possibly unbounded: the gateway runs it only in a worker process it can kill
+    (``gateway.equivalence``).
 
     Both of math-verify's timeouts are off (``None``): they use ``signal.alarm``, which only
     works in a main thread; the caller enforces the timeout instead.
@@ -408,21 +412,45 @@ def _math_verify_either_way(a: str, b: str) -> bool:
     )
 
 
-async def equivalent_async(a: str, b: str, executor: Executor, timeout_s: float = 5.0) -> bool:
-    """``answers_equivalent``, then, if math-verify is installed, its symbolic check.
+def both_numbers(a: str, b: str) -> bool:
+    """Both keys are plain numbers (or numeric fractions): the cheap check is then exact, and
+    a symbolic one can only agree with it."""
+    return all(_as_number(normalize_answer(key)) is not None for key in (a, b))
 
-    The symbolic check runs in ``executor``, which should be a ``ProcessPoolExecutor`` owned by
-    the caller: sympy can spin for seconds and math-verify's own timeouts need a main thread.
-    Past ``timeout_s``, or if the pool is broken, the answer is the cheap check's (False); a
-    process pool cannot stop a running call, so a stuck check finishes in its worker unobserved.
+
+SameAnswer = Callable[[str, str], Awaitable[bool]]
+"""Whether two answer keys say the same thing; may be slow, so awaited."""
+
+
+async def numerically_same(a: str, b: str) -> bool:
+    """``answers_equivalent`` as a ``SameAnswer``."""
+    return answers_equivalent(a, b)
+
+
+class AnswerBuckets:
+    """One request's vote buckets: each answer key joins the bucket of the first earlier key it
+    is the same answer as (``same``), else opens a bucket of its own. Without ``same``, keys
+    vote as they are (normalised strings, ``answer_key``).
+
+    Keys are compared at most once each way per request, in the order they were first seen, so
+    the bucket a key lands in does not depend on the order of later answers.
     """
-    if answers_equivalent(a, b):
-        return True
-    if not _HAVE_MATH_VERIFY:
-        return False
-    loop = asyncio.get_running_loop()
-    check = loop.run_in_executor(executor, _math_verify_either_way, a, b)
-    try:
-        return await asyncio.wait_for(check, timeout_s)
-    except (TimeoutError, BrokenExecutor):
-        return False
+
+    def __init__(self, same: SameAnswer | None = None) -> None:
+        self._same = same
+        self._bucket_of: dict[str, str] = {}
+        self._buckets: list[str] = []
+
+    async def bucket(self, key: str | None) -> str | None:
+        """The bucket ``key`` votes in; None (no vote) for None."""
+        if key is None or self._same is None:
+            return key
+        if key in self._bucket_of:
+            return self._bucket_of[key]
+        for existing in self._buckets:
+            if await self._same(key, existing):
+                self._bucket_of[key] = existing
+                return existing
+        self._buckets.append(key)
+        self._bucket_of[key] = key
+        return key

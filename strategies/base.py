@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from strategies.answers import AnswerBuckets
 from strategies.sampling import RoleName, Sampler, SampleRequest
 
 
@@ -117,6 +118,9 @@ class StrategyTask:
     # Send accepted text to a streaming client now (step-wise strategies); the pieces must be
     # a prefix of the final ``content``.
     on_text: Callable[[str], Awaitable[None]] | None = None
+    # Which vote bucket each answer key joins (exact keys unless the gateway is configured
+    # with an equivalence, ``answers.equivalence``).
+    answers: AnswerBuckets = field(default_factory=AnswerBuckets)
 
 
 @dataclass

@@ -30,7 +30,6 @@ from collections.abc import Mapping, Sequence
 from contextlib import aclosing
 from typing import Any
 
-from strategies.answers import answer_key
 from strategies.base import (
     ParameterSpec,
     StrategyOutcome,
@@ -40,7 +39,7 @@ from strategies.base import (
     samples_bound,
 )
 from strategies.sampling import BudgetExhausted, SampleBook, Sampler, SampleRequest, SampleState
-from strategies.selection import K_DESCRIPTION, tally_votes
+from strategies.selection import K_DESCRIPTION, tally_votes, vote_of
 
 # SpecReason's verifier call: one greedy token, with the top-10 alternatives to average over.
 JUDGE_PARAMS: dict[str, Any] = {
@@ -157,8 +156,8 @@ async def run(task: StrategyTask) -> StrategyOutcome:
             truncated=truncated,
             report={"scores": [], "no_candidate": True},
         )
-    tally = tally_votes(candidates)
-    keys = {s.index: answer_key(s.text) for s in candidates}
+    tally = await tally_votes(candidates, task.answers)
+    keys = {s.index: await vote_of(s, task.answers) for s in candidates}
     eligible = candidates
     if alpha > 0:
         frequent = {key for key, n in tally.counts.items() if n / len(candidates) >= alpha}

@@ -103,7 +103,7 @@ async def _single(task: StrategyTask) -> StrategyOutcome:
     """One sample on the task's role: the pass-through, as a step of a composite strategy."""
     book, truncated = await sample_to_the_end(task.sampler, task.request, 1, task.role)
     task.decided()
-    return majority_outcome(book, finished_in_order(book), truncated=truncated)
+    return await majority_outcome(book, finished_in_order(book), task.answers, truncated=truncated)
 
 
 async def _escalate(task: StrategyTask) -> tuple[StrategyOutcome, dict[str, Any]]:
@@ -118,6 +118,7 @@ async def _escalate(task: StrategyTask) -> tuple[StrategyOutcome, dict[str, Any]
         sampler=task.sampler,
         decided=task.decided,
         role="large",
+        answers=task.answers,
     )
     outcome = await (spec.run or _single)(large)
     return outcome, {
@@ -138,8 +139,8 @@ async def run(task: StrategyTask) -> StrategyOutcome:
         request = replace(request, params={**request.params, "logprobs": True})
     book, truncated = await sample_to_the_end(task.sampler, request, k, "small")
     voters = finished_in_order(book)
-    small = majority_outcome(book, voters, truncated=truncated)
-    tally = tally_votes(voters)
+    small = await majority_outcome(book, voters, task.answers, truncated=truncated)
+    tally = await tally_votes(voters, task.answers)
     report: dict[str, Any] = {
         "rule": rule,
         "small": {

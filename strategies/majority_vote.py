@@ -36,7 +36,7 @@ async def run(task: StrategyTask) -> StrategyOutcome:
                 sample = book.record(delta)
                 if sample is None:
                     continue
-                tally.add(sample.index, vote_of(sample))
+                tally.add(sample.index, await vote_of(sample, task.answers))
                 still_running = k - len(book.finish_order)
                 if still_running and tally.settled(still_running):
                     task.decided()
@@ -45,7 +45,9 @@ async def run(task: StrategyTask) -> StrategyOutcome:
     except BudgetExhausted:
         truncated = True
     task.decided()
-    outcome = majority_outcome(book, finished_in_order(book), truncated=truncated)
+    outcome = await majority_outcome(
+        book, finished_in_order(book), task.answers, truncated=truncated
+    )
     outcome.report["settled_early"] = len(book.finish_order) < k and not truncated
     return outcome
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from contextlib import aclosing
 
-from strategies.answers import VoteTally, answer_key
+from strategies.answers import AnswerBuckets, VoteTally, answer_key
 from strategies.base import StrategyOutcome
 from strategies.sampling import (
     BudgetExhausted,
@@ -42,24 +42,30 @@ def finished_in_order(book: SampleBook) -> list[SampleState]:
     return [book.samples[i] for i in book.finish_order]
 
 
-def vote_of(sample: SampleState) -> str | None:
-    """The answer a finished sample votes for; None (no vote) if it failed or has none."""
-    return answer_key(sample.text) if sample.finish_reason != "error" else None
+async def vote_of(sample: SampleState, answers: AnswerBuckets) -> str | None:
+    """The bucket a finished sample votes in; None (no vote) if it failed or has no answer."""
+    if sample.finish_reason == "error":
+        return None
+    return await answers.bucket(answer_key(sample.text))
 
 
-def tally_votes(samples: list[SampleState]) -> VoteTally[int]:
+async def tally_votes(samples: list[SampleState], answers: AnswerBuckets) -> VoteTally[int]:
     """A vote per sample, in the order given (finish order)."""
     tally: VoteTally[int] = VoteTally()
     for sample in samples:
-        tally.add(sample.index, vote_of(sample))
+        tally.add(sample.index, await vote_of(sample, answers))
     return tally
 
 
-def majority_outcome(
-    book: SampleBook, voters: list[SampleState], *, truncated: bool = False
+async def majority_outcome(
+    book: SampleBook,
+    voters: list[SampleState],
+    answers: AnswerBuckets,
+    *,
+    truncated: bool = False,
 ) -> StrategyOutcome:
     """The winning answer among ``voters`` (in finish order); the text of its first voter."""
-    tally = tally_votes(voters)
+    tally = await tally_votes(voters, answers)
     leader = tally.leader()
     if leader is not None:
         winner = book.samples[tally.winner_sample(leader)]

@@ -55,7 +55,7 @@ async def run(task: StrategyTask) -> StrategyOutcome:
         truncated = True
     task.decided()
     voters = done or [book.samples[i] for i in book.finish_order]
-    outcome = majority_outcome(book, voters, truncated=truncated)
+    outcome = await majority_outcome(book, voters, task.answers, truncated=truncated)
     outcome.report["done"] = [s.index for s in done]
     return outcome
 

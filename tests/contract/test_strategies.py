@@ -180,3 +180,33 @@ async def test_strategies_need_n_1_and_chat() -> None:
         )
     assert with_n.status_code == 400 and with_n.json()["error"]["param"] == "n"
     assert text.status_code == 400 and text.json()["error"]["param"] == "X-TTC-Strategy"
+
+
+@pytest.mark.parametrize(
+    ("equivalence", "votes"),
+    [
+        ("exact", {"x+1": 1, "1+x": 1, "\\frac{1}{2}": 1, "0.5": 1}),
+        ("numeric", {"x+1": 1, "1+x": 1, "\\frac{1}{2}": 2}),
+        ("symbolic", {"x+1": 2, "\\frac{1}{2}": 2}),  # the real math-verify, in a worker
+    ],
+)
+async def test_answers_equivalence_decides_which_answers_vote_together(
+    equivalence: str, votes: dict[str, int]
+) -> None:
+    script = Script(
+        samples=[
+            SampleScript(f"so the answer is \\boxed{{{answer}}}", token_delay_s=0.01 * (i + 1))
+            for i, answer in enumerate(["x+1", "\\frac{1}{2}", "1+x", "0.5"])
+        ]
+    )
+    async with (
+        serve_standin("vllm", script) as standin,
+        serve_gateway(pool_for("vllm", standin.url), answers={"equivalence": equivalence}) as gw,
+    ):
+        response = await gw.client.post(
+            "/v1/chat/completions",
+            json=chat_body(),
+            headers={"X-TTC-Strategy": "majority_vote", "X-TTC-K": "4"},
+        )
+    assert response.status_code == 200, response.text
+    assert response.json()["ttc"]["votes"] == votes

@@ -137,7 +137,11 @@ async def _counter(http: httpx.AsyncClient, name: str) -> float:
 async def test_early_stop_leaves_nothing_running_within_a_second_of_the_decision(
     gateway: str, strategy: str, extra: dict[str, str]
 ) -> None:
+    """...and the engine generated no more than the gateway counted: the tokens vLLM made after
+    the decision (its own ``vllm:generation_tokens_total``) are the ones ``wasted_tokens``
+    reports, plus at most a few decode steps the gateway never received."""
     async with httpx.AsyncClient(timeout=300) as http:
+        generated_before = await _counter(http, "vllm:generation_tokens_total")
         response = await http.post(
             gateway + "/v1/chat/completions",
             headers={"X-TTC-Strategy": strategy, "X-TTC-K": "8", **extra},
@@ -154,11 +158,21 @@ async def test_early_stop_leaves_nothing_running_within_a_second_of_the_decision
         while (running := await _running(http)) > 0:
             assert time.monotonic() - answered < 1.0, f"{running} still running 1 s after"
             await asyncio.sleep(0.05)
-        print(
-            f"{strategy}: decision after {report['time_to_decision_ms']} ms, "
-            f"{report['samples']}, vllm:num_requests_running 0 "
-            f"{time.monotonic() - answered:.2f}s after the answer"
-        )
+        stopped = time.monotonic() - answered
+        engine = await _counter(http, "vllm:generation_tokens_total") - generated_before
+    counted = response.json()["usage"]["completion_tokens"]
+    wasted = report["wasted_tokens"]
+    unseen = engine - counted  # generated upstream after the gateway's last read
+    print(
+        f"{strategy}: decision after {report['time_to_decision_ms']} ms, {report['samples']}, "
+        f"vllm:num_requests_running 0 {stopped:.2f}s after the answer; engine generated "
+        f"{engine:.0f} tokens, the gateway counted {counted} ({wasted} after the decision), "
+        f"{unseen:.0f} never reached it; engine-side waste "
+        f"{(wasted + unseen) / engine:.1%} of the engine's tokens"
+    )
+    assert counted <= engine  # the gateway bills no token the engine did not make
+    # at most two decode steps of the 7 losers were in flight when their stream was closed
+    assert unseen <= 2 * 7, (engine, counted)
 
 
 async def test_k8_samples_share_the_prompt_prefix_cache(gateway: str) -> None:

@@ -2,26 +2,24 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import threading
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from strategies import answers
 from strategies.answers import (
+    AnswerBuckets,
     VoteTally,
     answer_key,
     answer_region,
     answers_equivalent,
-    equivalent_async,
     extract_answer,
     gsm8k_gold,
     normalize_answer,
+    numerically_same,
 )
 
 GSM8K_TEST = Path(__file__).resolve().parents[3] / "shared" / "data" / "gsm8k_test.jsonl"
@@ -329,39 +327,34 @@ def test_answers_equivalent(a: str, b: str, expected: bool) -> None:
     assert answers_equivalent(b, a) is expected
 
 
-async def test_equivalent_async_cheap_check_needs_no_worker() -> None:
-    with ThreadPoolExecutor(1) as executor:
-        assert await equivalent_async("1000", "1000.0", executor) is True
+def test_both_numbers() -> None:
+    assert answers.both_numbers("1,000", "\\frac{1}{2}")
+    assert not answers.both_numbers("1000", "x+1")
 
 
-async def test_equivalent_async_times_out_to_false(monkeypatch: pytest.MonkeyPatch) -> None:
-    release = threading.Event()
-
-    def stuck(a: str, b: str) -> bool:
-        release.wait(10)
-        return True
-
-    monkeypatch.setattr(answers, "_HAVE_MATH_VERIFY", True)
-    monkeypatch.setattr(answers, "_math_verify_either_way", stuck)
-    with ThreadPoolExecutor(1) as executor:
-        try:
-            assert await equivalent_async("x+1", "1+x", executor, timeout_s=0.05) is False
-        finally:
-            release.set()
+async def test_buckets_without_an_equivalence_are_the_keys() -> None:
+    buckets = AnswerBuckets()
+    assert [await buckets.bucket(k) for k in ("0.5", "\\frac{1}{2}", None)] == [
+        "0.5",
+        "\\frac{1}{2}",
+        None,
+    ]
 
 
-async def test_equivalent_async_without_math_verify(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(answers, "_HAVE_MATH_VERIFY", False)
-    with ThreadPoolExecutor(1) as executor:
-        assert await equivalent_async("x+1", "1+x", executor) is False
-        assert await equivalent_async("0.5", "\\frac12", executor) is True
+async def test_buckets_join_the_first_equivalent_key_and_ask_once_per_pair() -> None:
+    asked: list[tuple[str, str]] = []
+
+    async def same(a: str, b: str) -> bool:
+        asked.append((a, b))
+        return answers_equivalent(a, b)
+
+    buckets = AnswerBuckets(same)
+    keys = ["0.5", "7", "\\frac{1}{2}", "0.50001", "7", "\\frac{1}{2}"]
+    assert [await buckets.bucket(k) for k in keys] == ["0.5", "7", "0.5", "0.5", "7", "0.5"]
+    # each new key is compared with the buckets before it, in order, until one matches
+    assert asked == [("7", "0.5"), ("\\frac{1}{2}", "0.5"), ("0.50001", "0.5")]
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("math_verify") is None, reason="math-verify not installed"
-)
-async def test_equivalent_async_with_math_verify() -> None:
-    with ProcessPoolExecutor(1) as executor:
-        assert await equivalent_async("x+1", "1+x", executor, timeout_s=60) is True
-        assert await equivalent_async("\\sqrt{2}/2", "\\frac{\\sqrt{2}}{2}", executor, 60) is True
-        assert await equivalent_async("2", "3", executor, timeout_s=60) is False
+async def test_numerically_same_is_the_cheap_rule() -> None:
+    assert await numerically_same("\\frac{1}{2}", "0.5")
+    assert not await numerically_same("x+1", "1+x")

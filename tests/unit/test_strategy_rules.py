@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from strategies import REGISTRY, InvalidParameter, StrategyOutcome, StrategyTask
+from strategies.answers import AnswerBuckets, numerically_same
 from strategies.sampling import (
     SampleRequest,
 )
@@ -18,7 +19,11 @@ from tests.scripted import RoleSampler, Scripted
 
 
 async def run(
-    name: str, script: list[Scripted], budget_tokens: int | None = None, **params: Any
+    name: str,
+    script: list[Scripted],
+    budget_tokens: int | None = None,
+    answers: AnswerBuckets | None = None,
+    **params: Any,
 ) -> tuple[StrategyOutcome, RoleSampler, list[int]]:
     spec = REGISTRY[name]
     assert spec.run is not None
@@ -29,6 +34,7 @@ async def run(
         params=spec.parse(params),
         sampler=sampler,
         decided=lambda: decided_at.append(sampler.batches[0].emitted),
+        answers=answers or AnswerBuckets(),
     )
     return await spec.run(task), sampler, decided_at
 
@@ -49,6 +55,39 @@ async def test_majority_vote_counts_every_parseable_answer() -> None:
     assert outcome.winner == 1  # the first voter for 5 (finish order)
     assert outcome.content == "I think it is 5"
     assert sampler.batches[0].cancelled == set()
+
+
+EQUAL_NUMBERS_WRITTEN_TWO_WAYS = [
+    Scripted("the answer is 0.5", 1.0),
+    Scripted("the answer is 3", 1.1),
+    Scripted("the answer is \\boxed{\\frac{1}{2}}", 1.2),
+    Scripted("the answer is 3", 1.3),
+    Scripted("the answer is 1/2", 1.4),
+]
+
+
+async def test_majority_vote_counts_equal_numbers_as_one_answer_with_numeric_equivalence() -> None:
+    exact, _, _ = await run("majority_vote", EQUAL_NUMBERS_WRITTEN_TWO_WAYS, k=5)
+    assert exact.votes == {"0.5": 1, "3": 2, "\\frac{1}{2}": 2} and exact.answer == "3"
+    numeric, _, _ = await run(
+        "majority_vote",
+        EQUAL_NUMBERS_WRITTEN_TWO_WAYS,
+        answers=AnswerBuckets(numerically_same),
+        k=5,
+    )
+    assert numeric.votes == {"0.5": 3, "3": 2}
+    assert (numeric.answer, numeric.winner) == ("0.5", 0)
+
+
+async def test_short_m_at_k_votes_in_the_same_buckets() -> None:
+    outcome, _, _ = await run(
+        "short_m_at_k",
+        EQUAL_NUMBERS_WRITTEN_TWO_WAYS,
+        answers=AnswerBuckets(numerically_same),
+        k=5,
+        m=3,
+    )
+    assert outcome.votes == {"0.5": 2, "3": 1} and outcome.answer == "0.5"
 
 
 async def test_majority_vote_tie_goes_to_the_chain_that_finished_first() -> None:
