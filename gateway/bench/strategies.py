@@ -35,6 +35,7 @@ import contextlib
 import json
 import os
 import platform
+import random
 import re
 import subprocess
 import sys
@@ -287,6 +288,7 @@ class Summary:
     energy_methods: frozenset[str] = frozenset()
     anomalies: Counter[str] = field(default_factory=Counter)
     error_kinds: Counter[str] = field(default_factory=Counter)
+    walls_ms: tuple[float | None, ...] = ()  # per problem, in order; None: the request failed
 
     @property
     def accuracy(self) -> float:
@@ -347,6 +349,45 @@ def summarize(
         energy_methods=frozenset(o.energy_method for o in ok if o.energy_method),
         anomalies=Counter(a for o in ok for a in o.anomalies),
         error_kinds=Counter(o.error for o in outcomes if o.error is not None),
+        walls_ms=tuple(o.wall_ms if o.error is None else None for o in outcomes),
+    )
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    """Two arms over the same problems: the ratio of their total wall times, with a bootstrap
+    95% interval (problems resampled with replacement), and on how many problems ours was
+    faster. One run's per-problem times vary by tens of percent (random chain lengths), so the
+    interval says whether a difference of a few percent is there at all."""
+
+    problems: int
+    total_ratio: float
+    low: float
+    high: float
+    faster: int
+
+
+BOOTSTRAP_DRAWS = 10_000
+
+
+def paired_comparison(
+    ours: Sequence[float | None], theirs: Sequence[float | None], seed: int = 0
+) -> PairedComparison | None:
+    pairs = [(a, b) for a, b in zip(ours, theirs, strict=False) if a is not None and b is not None]
+    if len(pairs) < 2 or not sum(b for _, b in pairs):
+        return None
+    rng = random.Random(seed)  # the same run gives the same interval
+    draws = []
+    for _ in range(BOOTSTRAP_DRAWS):
+        sample = rng.choices(pairs, k=len(pairs))
+        draws.append(sum(a for a, _ in sample) / (sum(b for _, b in sample) or 1.0))
+    draws.sort()
+    return PairedComparison(
+        problems=len(pairs),
+        total_ratio=sum(a for a, _ in pairs) / sum(b for _, b in pairs),
+        low=draws[int(0.025 * BOOTSTRAP_DRAWS)],
+        high=draws[int(0.975 * BOOTSTRAP_DRAWS) - 1],
+        faster=sum(a < b for a, b in pairs),
     )
 
 
@@ -552,6 +593,14 @@ def ratios_and_targets(
             f"{_times(major_vs_peer)}, our short_m_at_k wall p50 {_times(short_vs_peer)}; "
             f"accuracy {accuracies}"
         )
+        paired = paired_comparison(major.walls_ms, peer.walls_ms) if major is not None else None
+        if paired is not None:
+            lines.append(
+                f"- majority_vote vs optillm, problem by problem: total wall time "
+                f"{paired.total_ratio:.3f}x (bootstrap 95% interval {paired.low:.3f}-"
+                f"{paired.high:.3f}x over {paired.problems} problems), faster on "
+                f"{paired.faster}/{paired.problems}"
+            )
     verdicts.append(
         _at_most(
             "majority_vote wall p50 vs optillm majority_voting",

@@ -4,6 +4,7 @@ checks on a reply, aggregation, and the ratios and targets under the table."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from gateway.bench.strategies import (
     load_problems,
     optillm_messages,
     optillm_outcome,
+    paired_comparison,
     ratios_and_targets,
     render_table,
     run_interleaved,
@@ -322,6 +324,36 @@ def test_targets_pass_and_fail_on_the_measured_ratios() -> None:
     assert lines[0].endswith("wall p50 0.70x, completion tokens 0.75x")
     assert "1.30x" in lines[1]
     assert any(v.line().startswith("- FAIL first_finish wall p50") for v in verdicts)
+
+
+def test_paired_comparison_gives_the_total_ratio_and_an_interval_around_it() -> None:
+    ours = [1100.0, 900.0, 2000.0, None, 1500.0, 800.0]
+    theirs = [1000.0, 1000.0, 1900.0, 1000.0, 1500.0, None]  # failed requests drop the pair
+    paired = paired_comparison(ours, theirs)
+    assert paired is not None
+    assert paired.problems == 4 and paired.faster == 1
+    assert paired.total_ratio == pytest.approx(5500 / 5400)
+    assert paired.low < paired.total_ratio < paired.high
+    assert paired == paired_comparison(ours, theirs)  # seeded: the same run, the same interval
+    # a consistent 10% lead over many problems gives an interval that excludes parity
+    steady = paired_comparison([1100.0 + i for i in range(40)], [1000.0 + i for i in range(40)])
+    assert steady is not None and 1.0 < steady.low <= steady.high < 1.11
+    assert paired_comparison([1.0], [1.0]) is None
+
+
+def test_the_report_shows_majority_vote_vs_optillm_problem_by_problem() -> None:
+    rows = {
+        "majority_vote": replace(
+            _row("majority_vote", 4000, 8000), walls_ms=(4000.0, 3000.0, 5000.0)
+        ),
+        OPTILLM: replace(_row(OPTILLM, 4200, 1000), walls_ms=(4200.0, 3300.0, 4800.0)),
+    }
+    lines, _ = ratios_and_targets(rows, None, k=8, m=3)
+    assert any(
+        line.startswith("- majority_vote vs optillm, problem by problem: total wall time 0.976x")
+        and line.endswith("over 3 problems), faster on 2/3")
+        for line in lines
+    )
 
 
 def test_short_m_at_k_fails_against_optillm_when_less_accurate() -> None:
