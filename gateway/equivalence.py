@@ -26,9 +26,8 @@ from gateway.config import AnswersConfig
 from gateway.metrics import GatewayMetrics
 from strategies.answers import (
     SameAnswer,
-    answers_equivalent,
-    both_numbers,
     math_verify_equivalent,
+    numeric_verdict,
     numerically_same,
 )
 
@@ -41,7 +40,8 @@ def _warm_up() -> None:
 
 
 class SymbolicEquivalence:
-    """``answers_equivalent``, then math-verify in a worker process, with a timeout."""
+    """The numeric rule, then, where it cannot tell, math-verify in a worker process, with a
+    timeout."""
 
     def __init__(
         self,
@@ -68,10 +68,9 @@ class SymbolicEquivalence:
         await asyncio.wait_for(asyncio.wrap_future(future), timeout_s)
 
     async def __call__(self, a: str, b: str) -> bool:
-        if answers_equivalent(a, b):
-            return True
-        if both_numbers(a, b):  # numbers: the numeric rule is exact, math-verify would agree
-            return False
+        decided = numeric_verdict(a, b)
+        if decided is not None:  # equal, or two different numbers: no worker call
+            return decided
         future = self.pool.schedule(self.check, args=(a, b), timeout=self.timeout_s)
         try:
             same = bool(await asyncio.wait_for(asyncio.wrap_future(future), self.timeout_s))

@@ -45,11 +45,11 @@ __all__ = [
     "answer_key",
     "answer_region",
     "answers_equivalent",
-    "both_numbers",
     "extract_answer",
     "gsm8k_gold",
     "math_verify_equivalent",
     "normalize_answer",
+    "numeric_verdict",
     "numerically_same",
 ]
 
@@ -384,14 +384,23 @@ def _as_number(key: str) -> float | None:
         return None
 
 
-def answers_equivalent(a: str, b: str) -> bool:
-    """Cheap equivalence: equal as numbers within ``rel_tol=1e-4`` (Qwen ``math_equal``), else
-    equal strings after normalisation. Percentage variants (x vs x/100) are not merged."""
+def numeric_verdict(a: str, b: str) -> bool | None:
+    """The cheap rule's verdict: True when equal strings after normalisation or equal as
+    numbers within ``rel_tol=1e-4`` (Qwen ``math_equal``); False when both are numbers (or
+    numeric fractions) and differ, which no symbolic check could overturn; None when the rule
+    cannot tell. Percentage variants (x vs x/100) are not merged."""
     a, b = normalize_answer(a), normalize_answer(b)
     if a == b:
         return True
     x, y = _as_number(a), _as_number(b)
-    return x is not None and y is not None and math.isclose(x, y, rel_tol=_REL_TOL)
+    if x is None or y is None:
+        return None
+    return math.isclose(x, y, rel_tol=_REL_TOL)
+
+
+def answers_equivalent(a: str, b: str) -> bool:
+    """Cheap equivalence: ``numeric_verdict`` is True."""
+    return numeric_verdict(a, b) is True
 
 
 def math_verify_equivalent(a: str, b: str) -> bool:
@@ -410,12 +419,6 @@ def math_verify_equivalent(a: str, b: str) -> bool:
         math_verify.verify(parsed_a, parsed_b, timeout_seconds=None)
         or math_verify.verify(parsed_b, parsed_a, timeout_seconds=None)
     )
-
-
-def both_numbers(a: str, b: str) -> bool:
-    """Both keys are plain numbers (or numeric fractions): the cheap check is then exact, and
-    a symbolic one can only agree with it."""
-    return all(_as_number(normalize_answer(key)) is not None for key in (a, b))
 
 
 SameAnswer = Callable[[str, str], Awaitable[bool]]

@@ -327,9 +327,11 @@ def test_answers_equivalent(a: str, b: str, expected: bool) -> None:
     assert answers_equivalent(b, a) is expected
 
 
-def test_both_numbers() -> None:
-    assert answers.both_numbers("1,000", "\\frac{1}{2}")
-    assert not answers.both_numbers("1000", "x+1")
+def test_numeric_verdict_says_when_the_cheap_rule_cannot_tell() -> None:
+    assert answers.numeric_verdict("1,000", "1000.0") is True
+    assert answers.numeric_verdict("1,000", "\\frac{1}{2}") is False  # two numbers, different
+    assert answers.numeric_verdict("1000", "x+1") is None
+    assert answers.numeric_verdict("x+1", "1+x") is None
 
 
 async def test_buckets_without_an_equivalence_are_the_keys() -> None:
