@@ -17,11 +17,12 @@ shows the state.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import math
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -30,6 +31,7 @@ from gateway.config import AuthConfig, SharedStateConfig
 from gateway.errors import GatewayError
 from gateway.metering import PriceBook
 from gateway.metrics import GatewayMetrics
+from gateway.protocol import prompt_token_bound
 from gateway.shared_state import (
     WINDOW_S,
     AdmitResult,
@@ -51,12 +53,6 @@ log = logging.getLogger("ttc.access")
 HAS_KEYS_TTL_S = 1.0  # how long "does any key exist" is remembered (auth.mode auto)
 KNOWN_KEYS = 10_000  # keys remembered for on_failure=open
 PENDING_SETTLEMENTS = 100_000  # settlements kept while Redis is down
-MESSAGE_OVERHEAD_TOKENS = 8  # a chat template's tokens around one message (role, separators)
-# ... and what it adds once: a default system prompt (SmolLM2's is ~20 tokens, Qwen's and
-# Llama 3's ~25), a generation prompt.
-TEMPLATE_OVERHEAD_TOKENS = 64
-
-
 def open_store(auth: AuthConfig, state: SharedStateConfig) -> KeyStore:
     if state.redis_url:
         return RedisKeyStore(state.redis_url, state.timeout_s)
@@ -71,24 +67,6 @@ def redacted_url(url: str) -> str:
     netloc = parts.netloc.rsplit("@", 1)[1]
     user = f"{parts.username}:***@" if parts.username else ":***@"
     return urlunsplit(parts._replace(netloc=user + netloc))
-
-
-def prompt_token_bound(body: Mapping[str, Any]) -> int:
-    """An upper bound on a request's prompt tokens: the UTF-8 bytes of its text (a BPE token
-    is at least one byte), plus what a chat template adds per message and once per prompt."""
-    if "prompt" in body:
-        prompt = body["prompt"]
-        texts = [prompt] if isinstance(prompt, str) else [str(p) for p in prompt or ()]
-        return sum(len(t.encode()) for t in texts) + MESSAGE_OVERHEAD_TOKENS
-    total = TEMPLATE_OVERHEAD_TOKENS
-    for message in body.get("messages") or ():
-        content = message.get("content") if isinstance(message, Mapping) else None
-        text = content if isinstance(content, str) else str(content or "")
-        total += len(text.encode()) + MESSAGE_OVERHEAD_TOKENS
-    for key in ("tools", "functions", "response_format"):
-        if body.get(key):
-            total += len(str(body[key]).encode())
-    return total
 
 
 @dataclass(frozen=True)
@@ -215,6 +193,22 @@ class AccessControl:
         assert result.record is not None
         self._remember(result.record)
         return Admission(result.record.id, result.reservation, self)
+
+    async def may_see_internals(self, authorization: str | None) -> bool:
+        """Whether a caller may see the workers behind the gateway (``/ready`` detail): always
+        while no key is required, else only with ``auth.admin_token``."""
+        secret = _bearer(authorization)
+        admin = self.auth.admin_token
+        if admin is not None and secret is not None and hmac.compare_digest(secret, admin):
+            return True
+        if self.auth.mode == "off":
+            return True
+        if self.auth.mode == "on":
+            return False
+        try:
+            return not await self._keys_exist()
+        except StateUnavailable:
+            return False
 
     async def _keys_exist(self) -> bool:
         now = time.monotonic()

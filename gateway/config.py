@@ -93,6 +93,12 @@ class WorkerConfig(_Strict):
     """One engine server the gateway can send requests to."""
 
     url: str = Field(description="Base URL of the engine, e.g. http://10.0.0.5:8000")
+    name: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="Shown to clients, in logs and in metric labels instead of its address; "
+        "default: the pool's name and the worker's index (embedded-0)",
+    )
     max_in_flight: int = Field(256, ge=1, description="Requests in flight before it counts as full")
     max_sequences: int | None = Field(
         None,
@@ -176,6 +182,9 @@ class PoolConfig(_Strict):
     def _has_a_worker(self) -> PoolConfig:
         if not self.workers and self.embedded is None and self.discovery is None:
             raise ValueError("a pool needs `workers`, `discovery` or `embedded`")
+        names = [w.name for w in self.workers if w.name is not None]
+        if len(set(names)) != len(names):
+            raise ValueError(f"worker names must be unique within a pool, got {names}")
         if self.embedded is not None and self.engine is not EngineKind.LLAMACPP:
             raise ValueError("`embedded` is only available for engine: llamacpp")
         return self
@@ -233,7 +242,12 @@ class AuthConfig(_Strict):
     keys_file: str | None = Field(
         None,
         description="Without Redis: the JSON file `ttc-gateway keys --keys-file` writes "
-        "(one replica; counters live in its memory)",
+        "(one replica); what each key spent is kept beside it (<keys_file>.usage.json)",
+    )
+    admin_token: str | None = Field(
+        None,
+        description="Bearer token that may read /ready's worker detail while keys are "
+        "required (set it through TTC_AUTH__ADMIN_TOKEN rather than a file)",
     )
 
 

@@ -28,6 +28,20 @@ class EngineAdapter:
     # False when the engine's `usage.completion_tokens` covers only some choices of an n>1
     # request, so the gateway must count tokens from the stream itself.
     usage_counts_all_choices: ClassVar[bool] = True
+    # True when a stream's usage chunks are one per choice (each choice was prefilled on its
+    # own) rather than one for the whole request.
+    usage_per_choice: ClassVar[bool] = False
+
+    def chunk_prompt(self, chunk: dict[str, Any]) -> tuple[int, int] | None:
+        """(prompt tokens, cached prompt tokens) of the choices in one content chunk, for
+        engines that say so before the stream ends; None when the chunk does not say."""
+        return None
+
+    async def count_prompt_tokens(self, call: RenderCall, body: dict[str, Any]) -> int | None:
+        """The prompt tokens of a request body, counted by the engine's own tokenizer (what
+        the gateway bills when a call was aborted before the engine reported them); None when
+        this engine cannot count them."""
+        return None
 
     def prepare(self, body: dict[str, Any], upstream_model: str, request_id: str) -> dict[str, Any]:
         """The body to send upstream: the client's body with the engine's model name."""
@@ -52,7 +66,8 @@ class EngineAdapter:
 
 
 class RenderCall:
-    """One worker's coordinates for a template-rendering call (JSON in, JSON out)."""
+    """One worker's coordinates for a template-rendering or tokenizing call (JSON in, JSON
+    out). Errors name the worker (``worker_name``), never its address."""
 
     def __init__(
         self,
@@ -61,11 +76,13 @@ class RenderCall:
         headers: dict[str, str],
         upstream_model: str,
         timeout_s: float,
+        worker_name: str = "worker",
     ) -> None:
         self.session = session
         self.base_url = base_url
         self.headers = headers
         self.upstream_model = upstream_model
+        self.worker_name = worker_name
         self.timeout = aiohttp.ClientTimeout(total=max(timeout_s, 0.001))
 
     async def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -76,11 +93,14 @@ class RenderCall:
                 data = await response.json(content_type=None)
                 status = response.status
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            log.warning("%s%s failed: %s: %s", self.base_url, path, type(exc).__name__, exc)
             raise bad_gateway(
-                f"{self.base_url}{path} failed: {type(exc).__name__}: {exc}"
+                f"worker {self.worker_name} failed on {path}: {type(exc).__name__}"
             ) from None
         if status != 200 or not isinstance(data, dict):
-            raise bad_gateway(f"{self.base_url}{path} answered HTTP {status}: {str(data)[:300]}")
+            raise bad_gateway(
+                f"worker {self.worker_name} answered {path} with HTTP {status}: {str(data)[:300]}"
+            )
         return data
 
 
@@ -115,6 +135,18 @@ class VllmAdapter(EngineAdapter):
         )
         return _text_field(detokenized, "prompt", call)
 
+    async def count_prompt_tokens(self, call: RenderCall, body: dict[str, Any]) -> int | None:
+        """``/tokenize`` takes the chat (template applied) or the prompt and says ``count``."""
+        request: dict[str, Any] = {"model": call.upstream_model}
+        if "messages" in body:
+            request.update(messages=body["messages"], add_generation_prompt=True)
+        elif isinstance(body.get("prompt"), str):
+            request["prompt"] = body["prompt"]
+        else:
+            return None
+        count = (await call.post("/tokenize", request)).get("count")
+        return int(count) if isinstance(count, int) else None
+
 
 class SglangAdapter(EngineAdapter):
     """SGLang aborts on disconnect only after a delay; an explicit ``/abort_request`` is immediate.
@@ -144,23 +176,56 @@ class SglangAdapter(EngineAdapter):
 
 
 class LlamaCppAdapter(EngineAdapter):
-    """llama.cpp server: with ``n > 1`` its ``usage.completion_tokens`` counts only one choice."""
+    """llama.cpp server. With ``n > 1`` each choice runs in its own slot: its prompt is
+    prefilled per choice (partly from the slot's cache), a stream ends with one usage chunk per
+    choice, and ``usage.completion_tokens`` counts only one choice. Streams are asked for
+    ``timings_per_token``: every content chunk then carries its slot's ``prompt_n`` (prompt
+    tokens evaluated) and ``cache_n`` (taken from the cache), so an aborted choice's prompt is
+    known exactly."""
 
     kind = EngineKind.LLAMACPP
     health_path = "/health"
     metrics_path = "/metrics"
     usage_counts_all_choices = False
+    usage_per_choice = True
+
+    def prepare(self, body: dict[str, Any], upstream_model: str, request_id: str) -> dict[str, Any]:
+        body = super().prepare(body, upstream_model, request_id)
+        if body.get("stream"):
+            body["timings_per_token"] = True
+        return body
+
+    def chunk_prompt(self, chunk: dict[str, Any]) -> tuple[int, int] | None:
+        timings = chunk.get("timings")
+        if not isinstance(timings, dict) or "prompt_n" not in timings:
+            return None
+        cached = int(timings.get("cache_n") or 0)
+        return int(timings["prompt_n"]) + cached, cached
 
     async def render_chat(self, call: RenderCall, messages: list[dict[str, Any]]) -> str:
         """``POST /apply-template`` renders with the generation prompt appended."""
         rendered = await call.post("/apply-template", {"messages": messages})
         return _text_field(rendered, "prompt", call)
 
+    async def count_prompt_tokens(self, call: RenderCall, body: dict[str, Any]) -> int | None:
+        """The chat rendered by ``/apply-template``, then ``/tokenize`` (special tokens parsed;
+        a text prompt gets the BOS the server adds)."""
+        if "messages" in body:
+            text, add_special = await self.render_chat(call, body["messages"]), False
+        elif isinstance(body.get("prompt"), str):
+            text, add_special = body["prompt"], True
+        else:
+            return None
+        tokens = (
+            await call.post("/tokenize", {"content": text, "add_special": add_special})
+        ).get("tokens")
+        return len(tokens) if isinstance(tokens, list) else None
+
 
 def _text_field(data: dict[str, Any], name: str, call: RenderCall) -> str:
     value = data.get(name)
     if not isinstance(value, str):
-        raise bad_gateway(f"the worker at {call.base_url} sent no {name!r} text when rendering")
+        raise bad_gateway(f"worker {call.worker_name} sent no {name!r} text when rendering")
     return value
 
 

@@ -50,11 +50,15 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             if self.access_log_enabled:
+                # A stream starts with 200 and may end otherwise (broken: 502/504, client
+                # gone: 499): the line shows both, ``200->502``.
+                final = scope["state"].get("final_status")
+                shown = f"{status}->{final}" if final not in (None, status) else status or "-"
                 access_log.info(
                     '%s "%s %s" %s %.1fms',
                     request_id.decode(),
                     scope["method"],
                     scope["path"],
-                    status or "-",
+                    shown,
                     (time.perf_counter() - started) * 1000,
                 )

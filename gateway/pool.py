@@ -70,11 +70,12 @@ class Worker:
         "url",
     )
 
-    def __init__(self, config: WorkerConfig, breaker: CircuitBreakerConfig) -> None:
+    def __init__(self, config: WorkerConfig, breaker: CircuitBreakerConfig, name: str) -> None:
         self.config = config
         self.breaker = CircuitBreaker(breaker.failures, breaker.cooldown_s)
         self.url = config.url.rstrip("/")
-        self.name = self.url.split("://", 1)[-1]
+        # What clients, logs and metric labels see: never the address (it is internal).
+        self.name = config.name or name
         self.max_in_flight = config.max_in_flight
         self.in_flight = 0
         self.sequences = 0  # samples in flight: a request with n=k counts k
@@ -137,7 +138,10 @@ class WorkerPool:
         self.upstream_model = config.upstream_model or config.model
         self.adapter: EngineAdapter = adapter_for(config.engine)
         self._breaker = breaker or CircuitBreakerConfig()
-        self.workers = [Worker(w, self._breaker) for w in config.workers]
+        self.workers = [
+            Worker(w, self._breaker, f"{self.name}-{i}") for i, w in enumerate(config.workers)
+        ]
+        self._discovered_names = itertools.count(len(self.workers))
         self._health = health
         self._metrics = metrics
         self._rotation = itertools.count()
@@ -182,11 +186,6 @@ class WorkerPool:
         if self._session is not None:
             await self._session.close()
 
-    def add_worker(self, url: str, max_in_flight: int) -> Worker:
-        worker = Worker(WorkerConfig(url=url, max_in_flight=max_in_flight), self._breaker)
-        self.workers.append(worker)
-        return worker
-
     # -- discovery --------------------------------------------------------------------------
     async def discover(self) -> None:
         """Resolve ``discovery.host``: a worker for each new address; a worker whose address is
@@ -217,10 +216,10 @@ class WorkerPool:
                 usd_per_hour=found.usd_per_hour,
                 energy=found.energy,
             )
-            worker = Worker(config, self._breaker)
+            worker = Worker(config, self._breaker, f"{self.name}-{next(self._discovered_names)}")
             worker.discovered = True
             self.workers.append(worker)
-            log.info("pool %s: found worker %s (%s)", self.name, url, found.host)
+            log.info("pool %s: found worker %s at %s (%s)", self.name, worker.name, url, found.host)
             for listener in self.on_worker_added:
                 listener(worker)
             if self._session is not None:

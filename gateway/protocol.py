@@ -8,9 +8,17 @@ is never forwarded.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from gateway.config import LimitsConfig
 from gateway.errors import GatewayError, invalid_request
@@ -22,7 +30,17 @@ class _Open(BaseModel):
 
 class ChatMessage(_Open):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: str | list[dict[str, Any]] | None = None
+    content: str | list[dict[str, Any]] | None = Field(None, validate_default=True)
+
+    @field_validator("content")
+    @classmethod
+    def _content_unless_assistant(
+        cls, value: str | list[dict[str, Any]] | None, info: ValidationInfo
+    ) -> str | list[dict[str, Any]] | None:
+        # Only an assistant turn (one that made tool calls) may come without content.
+        if value is None and info.data.get("role", "assistant") != "assistant":
+            raise ValueError(f"a {info.data['role']} message needs content (a string or parts)")
+        return value
 
 
 class StreamOptions(_Open):
@@ -70,6 +88,30 @@ class CompletionRequest(_SamplingRequest):
     echo: bool | None = None
 
 
+MESSAGE_OVERHEAD_TOKENS = 8  # a chat template's tokens around one message (role, separators)
+# ... and what it adds once: a default system prompt (SmolLM2's is ~20 tokens, Qwen's and
+# Llama 3's ~25), a generation prompt.
+TEMPLATE_OVERHEAD_TOKENS = 64
+
+
+def prompt_token_bound(body: Mapping[str, Any]) -> int:
+    """An upper bound on a request's prompt tokens: the UTF-8 bytes of its text (a BPE token
+    is at least one byte), plus what a chat template adds per message and once per prompt."""
+    if "prompt" in body:
+        prompt = body["prompt"]
+        texts = [prompt] if isinstance(prompt, str) else [str(p) for p in prompt or ()]
+        return sum(len(t.encode()) for t in texts) + MESSAGE_OVERHEAD_TOKENS
+    total = TEMPLATE_OVERHEAD_TOKENS
+    for message in body.get("messages") or ():
+        content = message.get("content") if isinstance(message, Mapping) else None
+        text = content if isinstance(content, str) else str(content or "")
+        total += len(text.encode()) + MESSAGE_OVERHEAD_TOKENS
+    for key in ("tools", "functions", "response_format"):
+        if body.get(key):
+            total += len(str(body[key]).encode())
+    return total
+
+
 R = TypeVar("R", bound=_SamplingRequest)
 
 
@@ -112,6 +154,7 @@ def parse_request(model: type[R], body: Any, limits: LimitsConfig) -> R:
 
 __all__ = [
     "ChatCompletionRequest",
+    "prompt_token_bound",
     "CompletionRequest",
     "GatewayError",
     "parse_request",

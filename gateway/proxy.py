@@ -20,23 +20,26 @@ import logging
 import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiohttp
 import orjson
 
+from gateway.engines import RenderCall
 from gateway.errors import GatewayError, bad_gateway, gateway_timeout
+from gateway.metering import Meter, ModelPrice, RequestMeter
 from gateway.metrics import GatewayMetrics
 from gateway.pool import Worker, WorkerLease, WorkerPool
+from gateway.protocol import prompt_token_bound
 from gateway.sse import DONE, encode_done, encode_event, iter_sse_data
 from gateway.streams import StreamTally, Usage, assemble_chat_completion, assemble_text_completion
 
-if TYPE_CHECKING:
-    from gateway.metering import Meter, RequestMeter
+
 
 log = logging.getLogger("ttc.proxy")
 
 JSON_HEADERS = {"Content-Type": "application/json"}
+PROMPT_COUNT_TIMEOUT_S = 2.0  # counting an aborted call's prompt; its deadline may be past
 
 
 @dataclass
@@ -51,9 +54,42 @@ class RequestContext:
     upstream_s: float = 0.0  # time spent waiting on workers, for the overhead metric
     meter: RequestMeter | None = None  # cost and energy of the client request, all its calls
     role: str = "default"  # the pool role the calls serve (small, large, judge)
+    # The client's own deadline (X-TTC-Deadline-Ms), when it is the one that binds.
+    client_deadline_ms: int | None = None
+    # The status the request ended with, for metrics and the access log: a stream is sent
+    # with 200, then may end with an error event (its status here) or a client gone (499).
+    status: int = 200
+    # X-TTC-Max-Cost-USD left for completion tokens after the prompt, in tokens (``single``)
+    cost_cap_tokens: int | None = None
 
     def remaining_s(self) -> float:
         return self.deadline_s - (time.perf_counter() - self.arrived)
+
+    def limit_deadline(self, client_deadline_ms: int | None) -> None:
+        """Apply the client's ``X-TTC-Deadline-Ms`` when it is sooner than the gateway's."""
+        if client_deadline_ms is not None and client_deadline_ms / 1000 < self.deadline_s:
+            self.deadline_s = client_deadline_ms / 1000
+            self.client_deadline_ms = client_deadline_ms
+
+    def deadline_error(self) -> GatewayError:
+        """The client's answer when the request's deadline passed: it names the deadline that
+        fired (the client's header, or the gateway's limit), never a worker."""
+        if self.client_deadline_ms is not None:
+            return GatewayError(
+                504,
+                f"the request's deadline (X-TTC-Deadline-Ms: {self.client_deadline_ms}) passed "
+                "before the answer was complete",
+                type="timeout_error",
+                param="X-TTC-Deadline-Ms",
+                code="deadline_exceeded",
+            )
+        return GatewayError(
+            504,
+            f"the request ran past this gateway's limit of {self.deadline_s:g} s "
+            "(limits.request_timeout_s)",
+            type="timeout_error",
+            code="deadline_exceeded",
+        )
 
     @property
     def path(self) -> str:
@@ -107,7 +143,7 @@ class Upstream:
                 # for its answer): make sure it stops.
                 lease.release()
                 await asyncio.shield(pool.adapter.abort(pool.session, worker.url, ctx.request_id))
-                raise self._translate(pool, worker, exc) from None
+                raise self._translate(pool, worker, exc, ctx) from None
             ctx.upstream_s += time.perf_counter() - sent
             if response.status >= 400:
                 lease.release()
@@ -142,13 +178,20 @@ class Upstream:
             response.status if response.status != 404 else 400, message, code="upstream_rejected"
         )
 
-    def _translate(self, pool: WorkerPool, worker: Worker, exc: BaseException) -> BaseException:
+    def _translate(
+        self, pool: WorkerPool, worker: Worker, exc: BaseException, ctx: RequestContext
+    ) -> BaseException:
         """Map a transport failure to the client's error; let cancellations through."""
         if isinstance(exc, GatewayError | asyncio.CancelledError):
             return exc
-        if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
+        if isinstance(exc, aiohttp.ServerTimeoutError):  # the worker went silent
             self.count_error(pool, worker, "timeout")
-            return gateway_timeout(f"worker {worker.name} did not answer in time")
+            return gateway_timeout(
+                f"worker {worker.name} sent nothing for {pool.config.read_timeout_s:g} s "
+                f"(pools[{pool.name}].read_timeout_s)"
+            )
+        if isinstance(exc, TimeoutError):  # the request's deadline
+            return ctx.deadline_error()
         if isinstance(exc, aiohttp.ClientError | orjson.JSONDecodeError | ValueError):
             self.count_error(pool, worker, "protocol")
             return bad_gateway(
@@ -180,8 +223,9 @@ class Upstream:
         self, pool: WorkerPool, ctx: RequestContext, body: dict[str, Any], n: int
     ) -> dict[str, Any]:
         """Forward a non-streaming request and return the completion object."""
-        if pool.adapter.needs_streaming_for_usage(n):
-            return await self._complete_via_stream(pool, ctx, body)
+        if pool.adapter.needs_streaming_for_usage(n) or ctx.client_deadline_ms is not None:
+            # streamed upstream: every token is counted even if the deadline cuts it
+            return await self._complete_via_stream(pool, ctx, body, n)
         lease, response = await self.open(pool, ctx, body)
         try:
             reading = time.perf_counter()
@@ -194,7 +238,15 @@ class Upstream:
             pool.call_succeeded(lease.worker)
         except BaseException as exc:
             await self.abort(pool, ctx, lease.worker, response)
-            raise self._translate(pool, lease.worker, exc) from None
+            if cut_by_gateway(exc):
+                # Cut before its answer: the prompt was prefilled (counted here); what it had
+                # generated is unknown without a stream.
+                tally = StreamTally(pool.adapter, n)
+                await asyncio.shield(
+                    self.count_unreported_prompt(pool, lease.worker, tally, body)
+                )
+                self.count_tokens(pool, lease.worker, ctx, tally.usage())
+            raise self._translate(pool, lease.worker, exc, ctx) from None
         finally:
             response.release()
             lease.release()
@@ -213,22 +265,28 @@ class Upstream:
         return result
 
     async def _complete_via_stream(
-        self, pool: WorkerPool, ctx: RequestContext, body: dict[str, Any]
+        self, pool: WorkerPool, ctx: RequestContext, body: dict[str, Any], n: int
     ) -> dict[str, Any]:
         streamed = {**body, "stream": True, "stream_options": {"include_usage": True}}
-        tally = StreamTally(pool.adapter.usage_counts_all_choices)
+        tally = StreamTally(pool.adapter, n)
         lease, response = await self.open(pool, ctx, streamed)
         watch = self.watch(lease.worker, ctx, tally)
+        broken = False
         try:
             async with asyncio.timeout(ctx.remaining_s()):
                 await self._consume(response, tally)
             pool.call_succeeded(lease.worker)
         except BaseException as exc:
+            broken = not cut_by_gateway(exc)
             await self.abort(pool, ctx, lease.worker, response)
-            raise self._translate(pool, lease.worker, exc) from None
+            raise self._translate(pool, lease.worker, exc, ctx) from None
         finally:
             response.release()
             lease.release()
+            if not broken:
+                await asyncio.shield(
+                    self.count_unreported_prompt(pool, lease.worker, tally, body)
+                )
             self.count_tokens(pool, lease.worker, ctx, tally.usage(), watch)
         if ctx.endpoint == "chat":
             return assemble_chat_completion(tally, pool.model)
@@ -244,7 +302,7 @@ class Upstream:
         wants_continuous = bool(client_options.get("continuous_usage_stats"))
         upstream_body = {**body, "stream_options": {**client_options, "include_usage": True}}
         lease, response = await self.open(pool, ctx, upstream_body)
-        return self._relay(pool, ctx, lease, response, wants_usage, wants_continuous)
+        return self._relay(pool, ctx, lease, response, upstream_body, wants_usage, wants_continuous)
 
     async def _relay(
         self,
@@ -252,13 +310,15 @@ class Upstream:
         ctx: RequestContext,
         lease: WorkerLease,
         response: aiohttp.ClientResponse,
+        body: dict[str, Any],
         wants_usage: bool,
         wants_continuous: bool,
     ) -> AsyncGenerator[bytes, None]:
-        tally = StreamTally(pool.adapter.usage_counts_all_choices)
+        tally = StreamTally(pool.adapter, int(body.get("n") or 1))
         worker = lease.worker
         watch = self.watch(worker, ctx, tally)
         ttft_recorded = False
+        broken = False  # the worker failed: what it did is unknown, nothing is estimated
         try:
             async with asyncio.timeout(ctx.remaining_s()):
                 async for data in iter_sse_data(response.content):
@@ -267,6 +327,13 @@ class Upstream:
                         break
                     chunk = orjson.loads(data)
                     if "error" in chunk:
+                        log.warning(
+                            "stream %s from %s ended with an error event: %s",
+                            ctx.request_id,
+                            worker.name,
+                            _error_message(data),
+                        )
+                        ctx.status = 502
                         yield encode_event(chunk)
                         return
                     tally.observe(chunk)
@@ -299,17 +366,15 @@ class Upstream:
                 )
             yield encode_done()
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            error = self._translate(pool, worker, exc)
-            message = error.message if isinstance(error, GatewayError) else str(error)
-            log.warning("stream %s from %s broke: %s", ctx.request_id, worker.name, message)
-            yield encode_event(
-                GatewayError(
-                    502 if not isinstance(exc, TimeoutError) else 504,
-                    message,
-                    type="upstream_error",
-                    code="stream_interrupted",
-                ).body()
-            )
+            broken = not cut_by_gateway(exc)
+            error = self._translate(pool, worker, exc, ctx)
+            if not isinstance(error, GatewayError):
+                error = bad_gateway(str(error))
+            if error.code != "deadline_exceeded":
+                error.code = "stream_interrupted"
+            log.warning("stream %s from %s broke: %s", ctx.request_id, worker.name, error.message)
+            ctx.status = error.status
+            yield encode_event(error.body())
             yield encode_done()
         finally:
             if tally.completed:
@@ -317,6 +382,8 @@ class Upstream:
             else:
                 await self.abort(pool, ctx, worker, response)
             lease.release()
+            if not broken:
+                await asyncio.shield(self.count_unreported_prompt(pool, worker, tally, body))
             self.count_tokens(pool, worker, ctx, tally.usage(), watch)
 
     async def _consume(self, response: aiohttp.ClientResponse, tally: StreamTally) -> None:
@@ -331,6 +398,54 @@ class Upstream:
         raise aiohttp.ClientPayloadError("stream ended without [DONE]")
 
     # -- accounting -------------------------------------------------------------------------
+    def price_of(self, model: str) -> ModelPrice:
+        """The price book's price of ``model`` (free when it has none)."""
+        if self.meter is None:
+            return ModelPrice()
+        return self.meter.prices.models.get(model) or ModelPrice()
+
+    async def count_prompt(self, pool: WorkerPool, ctx: RequestContext, body: dict[str, Any]) -> int:
+        """The prompt tokens of ``body`` before it is sent, by a worker's tokenizer, else the
+        gateway's bound (``prompt_token_bound``)."""
+        lease = pool.lease()
+        try:
+            call = RenderCall(
+                pool.session,
+                lease.worker.url,
+                pool.auth_headers,
+                pool.upstream_model,
+                min(PROMPT_COUNT_TIMEOUT_S, max(ctx.remaining_s(), 0.001)),
+                lease.worker.name,
+            )
+            count = await pool.adapter.count_prompt_tokens(call, body)
+        finally:
+            lease.release()
+        return count if count is not None else prompt_token_bound(body)
+
+    async def count_unreported_prompt(
+        self, pool: WorkerPool, worker: Worker, tally: StreamTally, body: dict[str, Any]
+    ) -> None:
+        """A call that ended before its engine reported its prompt tokens (aborted, cut by a
+        deadline or budget, the client gone) still made the engine prefill them: count them
+        with the engine's own tokenizer, or, for an engine that cannot, bound them
+        (``prompt_token_bound``). Either way ``Usage.estimated_prompt_tokens`` says so."""
+        if not tally.needs_prompt_count():
+            return
+        count: int | None = None
+        call = RenderCall(
+            pool.session,
+            worker.url,
+            pool.auth_headers,
+            pool.upstream_model,
+            PROMPT_COUNT_TIMEOUT_S,
+            worker.name,
+        )
+        try:
+            count = await pool.adapter.count_prompt_tokens(call, body)
+        except GatewayError as exc:
+            log.warning("cannot count the prompt of an aborted call: %s", exc.message)
+        tally.counted_prompt_tokens = count if count is not None else prompt_token_bound(body)
+
     def watch(self, worker: Worker, ctx: RequestContext, tally: StreamTally) -> object | None:
         """Let the meter follow a live stream's tokens (energy is split by token work)."""
         if self.meter is None or ctx.meter is None:
@@ -351,10 +466,19 @@ class Upstream:
         tokens.labels(*labels, "prompt").inc(usage.prompt_tokens)
         tokens.labels(*labels, "completion").inc(usage.completion_tokens)
         tokens.labels(*labels, "cached_prompt").inc(usage.cached_tokens or 0)
+        tokens.labels(*labels, "estimated_prompt").inc(usage.estimated_prompt_tokens)
         by_worker.labels(pool.name, worker.name, "prompt").inc(usage.prompt_tokens)
         by_worker.labels(pool.name, worker.name, "completion").inc(usage.completion_tokens)
         if self.meter is not None and ctx.meter is not None:
             self.meter.settle(ctx.meter, worker, pool.model, usage, watch)
+
+
+def cut_by_gateway(exc: BaseException) -> bool:
+    """Whether a call ended because the gateway stopped it (deadline, cancellation: the engine
+    was working on it) rather than because the worker failed."""
+    if isinstance(exc, aiohttp.ServerTimeoutError):
+        return False
+    return isinstance(exc, TimeoutError | asyncio.CancelledError | GeneratorExit)
 
 
 def _error_message(raw: bytes) -> str | None:

@@ -20,12 +20,17 @@ from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.access import OPEN, AccessControl, Admission, prompt_token_bound
+from gateway.access import OPEN, AccessControl, Admission
 from gateway.config import GatewaySettings
-from gateway.errors import GatewayError, error_response, invalid_request
+from gateway.errors import GatewayError, error_response, invalid_request, model_not_found
 from gateway.metrics import GatewayMetrics
 from gateway.pool import PoolRegistry
-from gateway.protocol import ChatCompletionRequest, CompletionRequest, parse_request
+from gateway.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    parse_request,
+    prompt_token_bound,
+)
 from gateway.proxy import RequestContext, Upstream
 from gateway.response_cache import CachedAnswer, ResponseCache
 from gateway.sse import ClientDisconnected, DisconnectAwareStream, cancel_on_disconnect
@@ -119,6 +124,13 @@ class StrategyChoice:
     name: str
     params: dict[str, Any]
     origins: dict[str, str]
+    strategy_origin: str = "X-TTC-Strategy"
+
+
+def header_name(param: str) -> str:
+    """``max_cost_usd`` -> ``X-TTC-Max-Cost-USD``: the header a parameter is sent in."""
+    words = param.split("_")
+    return "X-TTC-" + "-".join("USD" if w == "usd" else w.capitalize() for w in words)
 
 
 def select_strategy(
@@ -130,28 +142,25 @@ def select_strategy(
     params = {k: v for k, v in body_ttc.items() if k != "strategy"}
     origins = {k: f"ttc.{k}" for k in params}
     name = body_ttc.get("strategy", default)
+    strategy_origin = "ttc.strategy" if "strategy" in body_ttc else "X-TTC-Strategy"
     for key, value in headers.items():
         if key.startswith(PARAM_HEADER_PREFIX):
             if key == STRATEGY_HEADER:
                 name = value
+                strategy_origin = "X-TTC-Strategy"
             else:
                 param = key[len(PARAM_HEADER_PREFIX) :].replace("-", "_")
                 params[param] = value
-                origins[param] = "X-TTC-" + "-".join(w.capitalize() for w in param.split("_"))
+                origins[param] = header_name(param)
     if not isinstance(name, str):
         raise invalid_request("ttc.strategy must be a string", param="ttc.strategy")
-    return StrategyChoice(name, params, origins)
-
-
-def apply_deadline(budgets: Budgets, ctx: RequestContext) -> None:
-    if budgets.deadline_ms is not None:
-        ctx.deadline_s = min(ctx.deadline_s, budgets.deadline_ms / 1000)
+    return StrategyChoice(name, params, origins, strategy_origin)
 
 
 def apply_budgets(budgets: Budgets, body: dict[str, Any], n: int, ctx: RequestContext) -> None:
     """Enforce what a pass-through can: the deadline, and a token total shared by the n
-    samples. (``max_cost_usd`` is validated; it is enforced once prices are configured.)"""
-    apply_deadline(budgets, ctx)
+    samples. (``max_cost_usd`` becomes a ``max_tokens`` in ``cap_cost``.)"""
+    ctx.limit_deadline(budgets.deadline_ms)
     if budgets.max_tokens_total is not None:
         if budgets.max_tokens_total < n:
             raise invalid_request(
@@ -159,9 +168,13 @@ def apply_budgets(budgets: Budgets, body: dict[str, Any], n: int, ctx: RequestCo
                 f"n={n} samples one token",
                 param="X-TTC-Max-Tokens-Total",
             )
-        field = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
-        share = budgets.max_tokens_total // n
-        body[field] = min(body.get(field) or share, share)
+        limit_max_tokens(body, budgets.max_tokens_total // n)
+
+
+def limit_max_tokens(body: dict[str, Any], share: int) -> None:
+    """Lower the body's ``max_tokens`` (or ``max_completion_tokens``) to ``share``."""
+    field = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+    body[field] = min(body.get(field) or share, share)
 
 
 async def _run_strategy(
@@ -189,14 +202,17 @@ async def _run_strategy(
             "of samples with X-TTC-K",
             param="n",
         )
-    apply_deadline(budgets, ctx)
+    ctx.limit_deadline(budgets.deadline_ms)
     if body.get("stream"):
-        return DisconnectAwareStream(
-            settle_after(
-                state.runner.stream(spec, params, budgets, body, ctx, model), admission, ctx
-            ),
-            headers={"X-TTC-Strategy": spec.name},
-            on_disconnect=lambda: state.metrics.client_disconnects.labels(model, endpoint).inc(),
+        return _stream_response(
+            request,
+            state,
+            state.runner.stream(spec, params, budgets, body, ctx, model),
+            admission,
+            ctx,
+            model,
+            endpoint,
+            {"X-TTC-Strategy": spec.name},
         )
     result = await cancel_on_disconnect(
         request.receive, state.runner.run(spec, params, budgets, body, ctx, model)
@@ -209,6 +225,9 @@ async def _run_strategy(
 
 
 async def _sampling(request: Request, endpoint: str) -> Response:
+    """One sampling request, from its body to its answer. Every request is counted exactly
+    once in ``ttc_requests_total`` with the status it ended with: here for a plain answer or
+    an error, when the stream ends for a stream (``_stream_response``)."""
     state = _state(request)
     ctx = RequestContext(
         request_id=request.scope["state"]["request_id"],
@@ -217,9 +236,8 @@ async def _sampling(request: Request, endpoint: str) -> Response:
         deadline_s=state.settings.limits.request_timeout_s,
     )
     model = "-"
-    status = 500
     admission = OPEN
-    streaming = False  # a stream settles its admission when it ends, not when this returns
+    streaming = False  # a stream is counted and settled when it ends, not when this returns
     try:
         body = await read_json_body(request, state.settings.limits.max_body_bytes)
         check_depth(body, state.settings.limits.max_json_depth)
@@ -235,7 +253,7 @@ async def _sampling(request: Request, endpoint: str) -> Response:
             params = spec.parse(own_params)
         except UnknownStrategy as exc:
             raise invalid_request(
-                str(exc), param="X-TTC-Strategy", code="unknown_strategy"
+                str(exc), param=choice.strategy_origin, code="unknown_strategy"
             ) from None
         except InvalidParameter as exc:
             raise invalid_request(
@@ -267,12 +285,13 @@ async def _sampling(request: Request, endpoint: str) -> Response:
             )
             cached = await state.cache.lookup(cache_key) if cache_key is not None else None
             if cached is not None:
-                status = 200
                 return Response(
                     cached.body,
                     media_type="application/json",
                     headers={**cached.headers, "X-TTC-Cache": "hit"},
                 )
+        if budgets.max_cost_usd is not None:
+            await state.runner.cost_cap(pool, ctx, forward, budgets.max_cost_usd, spec.run is None)
         if spec.run is not None:
             response = await _run_strategy(
                 request,
@@ -292,22 +311,18 @@ async def _sampling(request: Request, endpoint: str) -> Response:
                 await _remember(state, cache_key, response)
             return response
         apply_budgets(budgets, forward, parsed.n, ctx)
+        if ctx.cost_cap_tokens is not None:
+            limit_max_tokens(forward, max(1, ctx.cost_cap_tokens // parsed.n))
         headers = {"X-TTC-Strategy": spec.name}
         if parsed.stream:
             relay = await state.upstream.stream(pool, ctx, forward)
             streaming = True
-            status = 200
-            return DisconnectAwareStream(
-                settle_after(relay, admission, ctx),
-                headers=headers,
-                on_disconnect=lambda: state.metrics.client_disconnects.labels(
-                    model, endpoint
-                ).inc(),
+            return _stream_response(
+                request, state, relay, admission, ctx, model, endpoint, headers
             )
         result = await cancel_on_disconnect(
             request.receive, state.upstream.complete(pool, ctx, forward, parsed.n)
         )
-        status = 200
         if ctx.meter is not None:
             result["ttc"] = {"strategy": spec.name, **ctx.meter.report(state.upstream.meter)}
             headers.update(cost_headers(result["ttc"]))
@@ -319,20 +334,64 @@ async def _sampling(request: Request, endpoint: str) -> Response:
             await _remember(state, cache_key, response)
         return response
     except GatewayError as exc:
-        status = exc.status
+        ctx.status = exc.status
         raise
     except ClientDisconnected:
-        status = 499  # nginx's "client closed request"; no response is sent
+        ctx.status = 499  # nginx's "client closed request"; no response is sent
         state.metrics.client_disconnects.labels(model, endpoint).inc()
         return Response(status_code=499)
+    except BaseException:
+        ctx.status = 500
+        raise
     finally:
         if not streaming:
             await _settle(admission, ctx)
-        metrics = state.metrics
-        metrics.requests.labels(ctx.strategy, model, endpoint, str(status)).inc()
-        metrics.request_duration.labels(ctx.strategy, model, endpoint).observe(
-            time.perf_counter() - ctx.arrived
-        )
+            _count(state, ctx, model, endpoint)
+
+
+def _count(state: GatewayState, ctx: RequestContext, model: str, endpoint: str) -> None:
+    """The request has ended: count it once, with its final status."""
+    state.metrics.requests.labels(ctx.strategy, model, endpoint, str(ctx.status)).inc()
+    state.metrics.request_duration.labels(ctx.strategy, model, endpoint).observe(
+        time.perf_counter() - ctx.arrived
+    )
+
+
+def _stream_response(
+    request: Request,
+    state: GatewayState,
+    body: AsyncGenerator[bytes, None],
+    admission: Admission,
+    ctx: RequestContext,
+    model: str,
+    endpoint: str,
+    headers: dict[str, str],
+) -> DisconnectAwareStream:
+    """An SSE answer. When it has ended (finished, broken, or the client gone), its admission
+    is settled and it is counted with the status it really ended with; the access log gets that
+    status too (``scope["state"]["final_status"]``)."""
+
+    async def finish_after(body: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
+        try:
+            async with aclosing(body):
+                async for chunk in body:
+                    yield chunk
+        except (asyncio.CancelledError, GeneratorExit):
+            ctx.status = 499  # the client went away (or the server is shutting down)
+            raise
+        except BaseException:
+            ctx.status = 500
+            raise
+        finally:
+            request.scope["state"]["final_status"] = ctx.status
+            await _settle(admission, ctx)
+            _count(state, ctx, model, endpoint)
+
+    return DisconnectAwareStream(
+        finish_after(body),
+        headers=headers,
+        on_disconnect=lambda: state.metrics.client_disconnects.labels(model, endpoint).inc(),
+    )
 
 
 async def _remember(state: GatewayState, key: str, response: Response) -> None:
@@ -352,19 +411,6 @@ async def _settle(admission: Admission, ctx: RequestContext) -> None:
     await asyncio.shield(admission.settle(tokens, cost))
 
 
-async def settle_after(
-    body: AsyncGenerator[bytes, None], admission: Admission, ctx: RequestContext
-) -> AsyncGenerator[bytes, None]:
-    """Relay a response stream, then settle its admission once it has ended (or was closed):
-    the stream's own upstream calls are counted by then."""
-    try:
-        async with aclosing(body):
-            async for chunk in body:
-                yield chunk
-    finally:
-        await _settle(admission, ctx)
-
-
 @router.post("/v1/chat/completions", summary="Create a chat completion", tags=["OpenAI"])
 async def chat_completions(request: Request) -> Response:
     return await _sampling(request, "chat")
@@ -375,16 +421,23 @@ async def completions(request: Request) -> Response:
     return await _sampling(request, "completions")
 
 
+def _model_card(model: str) -> dict[str, Any]:
+    return {"id": model, "object": "model", "created": 0, "owned_by": "ttc-gateway"}
+
+
 @router.get("/v1/models", summary="List the models this gateway serves", tags=["OpenAI"])
 async def list_models(request: Request) -> dict[str, Any]:
+    return {"object": "list", "data": [_model_card(m) for m in _state(request).pools.models]}
+
+
+@router.get(
+    "/v1/models/{model_id:path}", summary="Describe one model this gateway serves", tags=["OpenAI"]
+)
+async def retrieve_model(request: Request, model_id: str) -> dict[str, Any]:
     state = _state(request)
-    return {
-        "object": "list",
-        "data": [
-            {"id": model, "object": "model", "created": 0, "owned_by": "ttc-gateway"}
-            for model in state.pools.models
-        ],
-    }
+    if model_id not in state.pools.models:
+        raise model_not_found(model_id)
+    return _model_card(model_id)
 
 
 @router.get("/v1/strategies", summary="List strategies and their parameters", tags=["TTC"])
@@ -399,22 +452,32 @@ async def health() -> dict[str, str]:
 
 @router.get("/ready", summary="Readiness: every model has a healthy worker", tags=["Operations"])
 async def ready(request: Request) -> Response:
+    """200 or 503, and ``status``. The pools and workers behind it (names, health, in-flight,
+    addresses) only for an operator: when API keys are required, with ``auth.admin_token``."""
     state = _state(request)
-    pools = [
-        {
-            "pool": pool.name,
-            "model": pool.model,
-            "engine": pool.config.engine.value,
-            "roles": [r.value for r in pool.config.roles],
-            "workers": [
-                {"url": w.url, "healthy": w.healthy, "in_flight": w.in_flight} for w in pool.workers
-            ],
-        }
-        for pool in state.pools.pools
-    ]
     is_ready = state.pools.ready
+    answer: dict[str, Any] = {"status": "ready" if is_ready else "not ready"}
+    if await state.access.may_see_internals(request.headers.get("authorization")):
+        answer["pools"] = [
+            {
+                "pool": pool.name,
+                "model": pool.model,
+                "engine": pool.config.engine.value,
+                "roles": [r.value for r in pool.config.roles],
+                "workers": [
+                    {
+                        "name": w.name,
+                        "url": w.url,
+                        "healthy": w.healthy,
+                        "in_flight": w.in_flight,
+                    }
+                    for w in pool.workers
+                ],
+            }
+            for pool in state.pools.pools
+        ]
     return Response(
-        orjson.dumps({"status": "ready" if is_ready else "not ready", "pools": pools}),
+        orjson.dumps(answer),
         status_code=200 if is_ready else 503,
         media_type="application/json",
     )

@@ -32,6 +32,7 @@ import orjson
 
 from gateway.config import Role
 from gateway.engines import RenderCall
+from gateway.metering import ModelPrice
 from gateway.pool import PoolRegistry, Worker, WorkerLease, WorkerPool
 from gateway.proxy import RequestContext, Upstream
 from gateway.sse import DONE, iter_sse_data
@@ -44,18 +45,28 @@ _OWN_FIELDS = frozenset({"model", "messages", "prompt", "n", "stream", "stream_o
 
 @dataclass
 class BudgetGuard:
-    """The request's deadline (perf_counter time) and token total, shared by its batches."""
+    """The request's deadline (perf_counter time), token total and cost cap (USD at the price
+    book's prices), shared by its batches."""
 
     deadline: float
     max_tokens_total: int | None = None
+    max_cost_usd: float | None = None
     tokens: int = 0
+    # Each upstream stream with its model's price, for the cost cap.
+    priced: list[tuple[ModelPrice, StreamTally]] = field(default_factory=list)
 
     def remaining_s(self) -> float:
         return self.deadline - time.perf_counter()
 
-    @property
-    def tokens_exhausted(self) -> bool:
-        return self.max_tokens_total is not None and self.tokens >= self.max_tokens_total
+    def exhausted(self) -> str | None:
+        """The budget that has run out ("tokens", "cost"), or None."""
+        if self.max_tokens_total is not None and self.tokens >= self.max_tokens_total:
+            return "tokens"
+        if self.max_cost_usd is not None:
+            spent = sum(price.cost(tally.usage()) for price, tally in self.priced)
+            if spent >= self.max_cost_usd:
+                return "cost"
+        return None
 
 
 @dataclass
@@ -69,9 +80,11 @@ class _Stream:
     offset: int
     count: int
     tally: StreamTally
+    body: dict[str, Any]  # what was sent (its prompt is counted if the engine never said)
     watch: object | None = None  # the meter's handle on this stream
     reader: asyncio.Task[None] | None = None
     closed: bool = False
+    broken: bool = False  # the worker failed it (nothing of its work is estimated)
 
 
 _END = object()
@@ -103,6 +116,7 @@ class UpstreamBatch:
                 chunk = orjson.loads(data)
                 if "error" in chunk:
                     self.upstream.count_error(stream.pool, stream.lease.worker, "protocol")
+                    stream.broken = True
                     break
                 raw_choices = {int(c.get("index", 0)): c for c in chunk.get("choices") or ()}
                 for delta in stream.tally.observe(chunk):
@@ -123,6 +137,7 @@ class UpstreamBatch:
             # reported to the strategy as failed samples (below)
             kind = "timeout" if isinstance(exc, TimeoutError) else "protocol"
             self.upstream.count_error(stream.pool, stream.lease.worker, kind)
+            stream.broken = True
         finally:
             await self.queue.put((_END, stream))
 
@@ -147,9 +162,10 @@ class UpstreamBatch:
                 self.finished.add(item.sample)
             self.guard.tokens += item.tokens
             yield item
-            if self.guard.tokens_exhausted:
+            exhausted = self.guard.exhausted()
+            if exhausted is not None:
                 await self.cancel()
-                raise BudgetExhausted("tokens")
+                raise BudgetExhausted(exhausted)
 
     def _unfinished(self, stream: _Stream) -> list[int]:
         if stream.closed:
@@ -180,6 +196,10 @@ class UpstreamBatch:
         else:
             await self.upstream.abort(stream.pool, stream.ctx, stream.lease.worker, stream.response)
         stream.lease.release()
+        if not stream.broken:
+            await self.upstream.count_unreported_prompt(
+                stream.pool, stream.lease.worker, stream.tally, stream.body
+            )
         self.upstream.count_tokens(
             stream.pool, stream.lease.worker, stream.ctx, stream.tally.usage(), stream.watch
         )
@@ -271,6 +291,7 @@ class PoolSampler:
                     strategy=self.ctx.strategy,
                     arrived=self.ctx.arrived,
                     deadline_s=self.ctx.deadline_s,
+                    client_deadline_ms=self.ctx.client_deadline_ms,
                     meter=self.ctx.meter,
                     role=role or "default",
                 )
@@ -282,7 +303,9 @@ class PoolSampler:
                 )
                 if sticky is not None:
                     self._sticky[sticky] = lease.worker
-                tally = StreamTally(pool.adapter.usage_counts_all_choices)
+                tally = StreamTally(pool.adapter, size)
+                if self.guard.max_cost_usd is not None:
+                    self.guard.priced.append((self.upstream.price_of(pool.model), tally))
                 streams.append(
                     _Stream(
                         pool,
@@ -292,6 +315,7 @@ class PoolSampler:
                         offset,
                         size,
                         tally,
+                        body,
                         self.upstream.watch(lease.worker, ctx, tally),
                     )
                 )
@@ -311,14 +335,9 @@ class PoolSampler:
             await batch.close()
 
     def usage(self) -> Usage:
-        prompt = completion = cached = 0
-        for batch in self.batches:
-            for stream in batch.streams:
-                usage = stream.tally.usage()
-                prompt += usage.prompt_tokens
-                completion += usage.completion_tokens
-                cached += usage.cached_tokens or 0
-        return Usage(prompt, completion, cached or None)
+        return sum(
+            (stream.tally.usage() for batch in self.batches for stream in batch.streams), Usage()
+        )
 
     def placement(self) -> list[dict[str, Any]]:
         """Each upstream request: its worker and how many samples it carried."""

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, invalid_request
 from gateway.metrics import GatewayMetrics
-from gateway.pool import PoolRegistry
+from gateway.pool import PoolRegistry, WorkerPool
 from gateway.proxy import RequestContext, Upstream
 from gateway.sampler import BudgetGuard, PoolSampler
 from gateway.sse import encode_comment, encode_done, encode_event
@@ -27,6 +28,8 @@ from gateway.streams import Usage
 from strategies import Budgets, StrategyOutcome, StrategySpec, StrategyTask
 from strategies.answers import AnswerBuckets, SameAnswer
 from strategies.sampling import SampleRequest
+
+log = logging.getLogger("ttc.strategies")
 
 HEARTBEAT_S = 1.0
 
@@ -77,6 +80,40 @@ class StrategyRunner:
         self.metrics = metrics
         self.same_answer = same_answer  # answers.equivalence; None: exact answer keys
 
+    async def cost_cap(
+        self,
+        pool: WorkerPool,
+        ctx: RequestContext,
+        body: dict[str, Any],
+        max_cost_usd: float,
+        single: bool,
+    ) -> None:
+        """``X-TTC-Max-Cost-USD``, before anything is generated: 400 naming it when the prompt
+        alone (counted by a worker's tokenizer, at the uncached input price) costs more; for
+        ``single``, the completion tokens the rest pays for (``ctx.cost_cap_tokens``, which
+        becomes its ``max_tokens``). Strategies are stopped by ``BudgetGuard`` instead."""
+        price = self.upstream.price_of(pool.model)
+        prompt_tokens = await self.upstream.count_prompt(pool, ctx, body)
+        prompt_usd = prompt_tokens * price.input_cost_per_token
+        if prompt_usd > max_cost_usd:
+            raise invalid_request(
+                f"the prompt alone costs ${prompt_usd:.8g} ({prompt_tokens} tokens at "
+                f"${price.input_cost_per_token:g} each), more than X-TTC-Max-Cost-USD "
+                f"(${max_cost_usd:g})",
+                param="X-TTC-Max-Cost-USD",
+                code="cost_cap_below_prompt",
+            )
+        if single and price.output_cost_per_token > 0:
+            ctx.cost_cap_tokens = int((max_cost_usd - prompt_usd) / price.output_cost_per_token)
+            if ctx.cost_cap_tokens < 1:
+                raise invalid_request(
+                    f"after the prompt (${prompt_usd:.8g}) X-TTC-Max-Cost-USD "
+                    f"(${max_cost_usd:g}) pays for no generated token "
+                    f"(${price.output_cost_per_token:g} each)",
+                    param="X-TTC-Max-Cost-USD",
+                    code="cost_cap_below_prompt",
+                )
+
     async def run(
         self,
         spec: StrategySpec,
@@ -88,7 +125,9 @@ class StrategyRunner:
         on_text: Callable[[str], Awaitable[None]] | None = None,
     ) -> StrategyResult:
         assert spec.run is not None
-        guard = BudgetGuard(ctx.arrived + ctx.deadline_s, budgets.max_tokens_total)
+        guard = BudgetGuard(
+            ctx.arrived + ctx.deadline_s, budgets.max_tokens_total, budgets.max_cost_usd
+        )
         sampler = PoolSampler(self.pools, self.upstream, ctx, model, guard)
         decision: dict[str, float] = {}
 
@@ -122,6 +161,7 @@ class StrategyRunner:
             "wasted_tokens": max(0, usage.completion_tokens - int(decision["tokens"])),
             "time_to_decision_ms": round((decision["at"] - ctx.arrived) * 1000, 1),
             "truncated": outcome.truncated,
+            "estimated_prompt_tokens": usage.estimated_prompt_tokens,
             "early_stop_saved_tokens": sampler.tokens_saved_by_early_stop(
                 body.get("max_completion_tokens") or body.get("max_tokens")
             ),
@@ -199,6 +239,7 @@ class StrategyRunner:
         running = asyncio.create_task(
             self.run(spec, params, budgets, body, ctx, model, on_text=accepted.put)
         )
+        waiter: asyncio.Future[str] | None = None
         try:
             while not (running.done() and accepted.empty()):
                 if not accepted.empty():
@@ -214,12 +255,28 @@ class StrategyRunner:
                     waiter.cancel()
                     if not done:
                         yield encode_comment("deciding")
+                waiter = None
             result = running.result()
-        except GatewayError as exc:
-            yield encode_event(exc.body())
+        except Exception as exc:
+            # The answer has started (200 sent): it ends with an error event, counted and
+            # logged as the error it is.
+            error = exc if isinstance(exc, GatewayError) else None
+            if error is None:
+                log.error("strategy %s failed mid-stream", spec.name, exc_info=exc)
+                error = GatewayError(
+                    500, "internal error in the gateway", type="server_error", code="internal_error"
+                )
+            else:
+                log.warning(
+                    "stream %s (%s) ended with an error: %s", ctx.request_id, spec.name, exc
+                )
+            ctx.status = error.status
+            yield encode_event(error.body())
             yield encode_done()
             return
         finally:
+            if waiter is not None:
+                waiter.cancel()
             if not running.done():
                 running.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -9,7 +9,7 @@ then give the exact count.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 
 @dataclass
@@ -25,6 +25,8 @@ class ChoiceState:
     logprobs: list[Any] = field(default_factory=list)
     tool_calls: dict[int, dict[str, Any]] = field(default_factory=dict)
     role: str = "assistant"
+    prompt_tokens: int | None = None  # when the engine says per choice (llama.cpp)
+    cached_tokens: int | None = None
 
     @property
     def content(self) -> str:
@@ -47,6 +49,22 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int | None = None
+    # The part of prompt_tokens the engine did not report (a call aborted before it did),
+    # counted by the engine's tokenizer or bounded by the gateway instead.
+    estimated_prompt_tokens: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        cached = (
+            None
+            if self.cached_tokens is None and other.cached_tokens is None
+            else (self.cached_tokens or 0) + (other.cached_tokens or 0)
+        )
+        return Usage(
+            self.prompt_tokens + other.prompt_tokens,
+            self.completion_tokens + other.completion_tokens,
+            cached,
+            self.estimated_prompt_tokens + other.estimated_prompt_tokens,
+        )
 
     def as_openai(self) -> dict[str, Any]:
         usage: dict[str, Any] = {
@@ -59,17 +77,33 @@ class Usage:
         return usage
 
 
-class StreamTally:
-    """Follows the chunks of one upstream stream (chat or text completions)."""
+class StreamDialect(Protocol):
+    """What an engine adapter (``gateway.engines``) says about its streams' accounting."""
 
-    def __init__(self, engine_usage_counts_all_choices: bool) -> None:
-        self._trust_engine = engine_usage_counts_all_choices
+    @property
+    def usage_counts_all_choices(self) -> bool: ...
+    @property
+    def usage_per_choice(self) -> bool: ...
+    def chunk_prompt(self, chunk: dict[str, Any]) -> tuple[int, int] | None: ...
+
+
+class StreamTally:
+    """Follows the chunks of one upstream stream (chat or text completions) of ``choices``
+    choices (its ``n``)."""
+
+    def __init__(self, dialect: StreamDialect, choices: int = 1) -> None:
+        self._dialect = dialect
+        self.expected_choices = choices
         self.choices: dict[int, ChoiceState] = {}
         self.engine_usage: dict[str, Any] | None = None
         self.completed = False
         self.first_token_seen = False
         self.id: str | None = None
         self.created: int | None = None
+        # Prompt tokens of one prefill, counted by the gateway when the engine never said
+        # (set by whoever closes an aborted call; see ``needs_prompt_count``).
+        self.counted_prompt_tokens: int | None = None
+        self.choice_usages: list[dict[str, Any]] = []  # usage_per_choice: one per finished
 
     def choice(self, index: int) -> ChoiceState:
         state = self.choices.get(index)
@@ -86,8 +120,13 @@ class StreamTally:
         usage = chunk.get("usage")
         if usage:
             self.engine_usage = usage
+            if self._dialect.usage_per_choice:
+                self.choice_usages.append(usage)
+        prompt = self._dialect.chunk_prompt(chunk) if self._dialect.usage_per_choice else None
         for raw in chunk.get("choices") or ():
             state = self.choice(int(raw.get("index", 0)))
+            if prompt is not None:
+                state.prompt_tokens, state.cached_tokens = prompt
             delta = raw.get("delta")
             produced = False
             text = ""
@@ -128,19 +167,54 @@ class StreamTally:
     def counted_completion_tokens(self) -> int:
         return sum(c.tokens for c in self.choices.values())
 
+    def _reported_prompt(self) -> tuple[int, int | None, int]:
+        """(prompt tokens the engine reported, cached ones, prefills it did not report)."""
+        if self._dialect.usage_per_choice:  # each choice was prefilled on its own
+            known = [c for c in self.choices.values() if c.prompt_tokens is not None]
+            if len(self.choice_usages) > len(known):  # the engine gave no per-chunk figures
+                prompt = sum(int(u.get("prompt_tokens") or 0) for u in self.choice_usages)
+                cached = sum(_cached(u) or 0 for u in self.choice_usages)
+                return prompt, cached, max(0, self.expected_choices - len(self.choice_usages))
+            prompt = sum(c.prompt_tokens or 0 for c in known)
+            cached_known = sum(c.cached_tokens or 0 for c in known) if known else None
+            return prompt, cached_known, max(0, self.expected_choices - len(known))
+        engine = self.engine_usage or {}
+        prompt = int(engine.get("prompt_tokens") or 0)
+        return prompt, _cached(engine), 0 if prompt else 1
+
+    def needs_prompt_count(self) -> bool:
+        """Whether the engine left prompt tokens unreported that nothing else here can tell
+        (an aborted call): then ``counted_prompt_tokens`` should be set before ``usage``."""
+        prompt, _, missing = self._reported_prompt()
+        per_choice_known = self._dialect.usage_per_choice and prompt > 0
+        return missing > 0 and not per_choice_known and self.counted_prompt_tokens is None
+
     def usage(self) -> Usage:
-        """Usage of the whole request: the engine's where it is trustworthy, else our count."""
+        """Usage of the whole request: the engine's where it is trustworthy, else our count.
+        Prefills the engine did not report are counted as one prefill of this prompt: a choice
+        whose sibling reported it (llama.cpp), else ``counted_prompt_tokens``, and marked as
+        estimated."""
         engine = self.engine_usage or {}
         completion = self.counted_completion_tokens
-        if self.completed and self._trust_engine and "completion_tokens" in engine:
-            completion = max(completion, int(engine["completion_tokens"]))
-        details = engine.get("prompt_tokens_details") or {}
-        cached = details.get("cached_tokens")
+        if self.completed and self._dialect.usage_counts_all_choices:
+            if "completion_tokens" in engine:
+                completion = max(completion, int(engine["completion_tokens"]))
+        prompt, cached, missing = self._reported_prompt()
+        per_prefill = self.counted_prompt_tokens
+        if self._dialect.usage_per_choice and prompt:
+            per_prefill = prompt // max(1, self.expected_choices - missing)  # one prefill's
+        estimated = missing * (per_prefill or 0) if not self.completed or not prompt else 0
         return Usage(
-            prompt_tokens=int(engine.get("prompt_tokens") or 0),
+            prompt_tokens=prompt + estimated,
             completion_tokens=completion,
-            cached_tokens=int(cached) if cached is not None else None,
+            cached_tokens=cached,
+            estimated_prompt_tokens=estimated,
         )
+
+
+def _cached(usage: dict[str, Any]) -> int | None:
+    cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
+    return int(cached) if cached is not None else None
 
 
 def _logprob_entries(logprobs: Any) -> list[Any]:

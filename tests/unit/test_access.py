@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from gateway.access import AccessControl, PriceCeiling, prompt_token_bound, redacted_url
+from gateway.access import AccessControl, PriceCeiling, redacted_url
+from gateway.protocol import prompt_token_bound
 from gateway.config import AuthConfig, SharedStateConfig
 from gateway.errors import GatewayError
 from gateway.metering import ModelPrice, PriceBook

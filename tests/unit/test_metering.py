@@ -181,7 +181,7 @@ async def test_meter_splits_measured_energy_and_cost_among_concurrent_requests()
     await meter.tick()  # ΔE 40 J; work: two 2 + 2 = 4, one 0 -> all dynamic energy to two
     measured = interval_1 + 40.0
     assert (
-        _value(metrics, "ttc_energy_joules_total", pool="p", worker="w:1", method="measured")
+        _value(metrics, "ttc_energy_joules_total", pool="p", worker="p-0", method="measured")
         == measured
     )
     attributed = _value(
@@ -197,14 +197,14 @@ async def test_meter_splits_measured_energy_and_cost_among_concurrent_requests()
         strategy="single",
         method="measured",
     )
-    idle = _value(metrics, "ttc_energy_idle_joules_total", worker="w:1", method="measured")
+    idle = _value(metrics, "ttc_energy_idle_joules_total", worker="p-0", method="measured")
     assert math.isclose(attributed + idle, measured)  # the shares add up to the measured total
     assert math.isclose(attributed, one.energy_joules + two.energy_joules)
     # price table: 30 and 12 completion tokens at 1e-3
     assert math.isclose(one.price_usd, 0.030) and math.isclose(two.price_usd, 0.012)
     # infrastructure: every second of a busy worker is charged, split like the work
     infra = one.infrastructure_usd + two.infrastructure_usd
-    unattributed = _value(metrics, "ttc_cost_unattributed_usd_total", worker="w:1")
+    unattributed = _value(metrics, "ttc_cost_unattributed_usd_total", worker="p-0")
     assert infra > 0.02 and unattributed < 1e-4  # only the instant before the origin reading
     report = two.report(meter)
     assert report["energy"]["method"] == "measured" and report["energy"]["provisional_joules"] == 0

@@ -5,6 +5,7 @@ from typing import Any
 
 import pytest
 
+from gateway.engines import LlamaCppAdapter, VllmAdapter
 from gateway.sse import iter_sse_data
 from gateway.streams import StreamTally, assemble_chat_completion
 
@@ -21,7 +22,7 @@ def _chunk(
 
 
 def test_tally_counts_each_choice_and_distrusts_partial_engine_usage() -> None:
-    tally = StreamTally(engine_usage_counts_all_choices=False)
+    tally = StreamTally(LlamaCppAdapter(), choices=2)
     for chunk in [
         _chunk(0, None),
         _chunk(1, "a"),
@@ -41,7 +42,7 @@ def test_tally_counts_each_choice_and_distrusts_partial_engine_usage() -> None:
 
 
 def test_tally_trusts_complete_engine_usage_when_the_engine_counts_all_choices() -> None:
-    tally = StreamTally(engine_usage_counts_all_choices=True)
+    tally = StreamTally(VllmAdapter())
     tally.observe(_chunk(0, "ab"))  # one chunk carrying two tokens
     tally.observe({"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 2}})
     tally.completed = True
@@ -49,20 +50,20 @@ def test_tally_trusts_complete_engine_usage_when_the_engine_counts_all_choices()
 
 
 def test_aborted_stream_uses_the_gateway_count() -> None:
-    tally = StreamTally(engine_usage_counts_all_choices=True)
+    tally = StreamTally(VllmAdapter())
     tally.observe(_chunk(0, "a", usage=None))
     tally.observe({**_chunk(0, "b"), "usage": {"prompt_tokens": 5, "completion_tokens": 9}})
     assert tally.usage().completion_tokens == 2  # not completed: our own count
 
 
 def test_logprob_entries_give_the_token_count() -> None:
-    tally = StreamTally(engine_usage_counts_all_choices=True)
+    tally = StreamTally(VllmAdapter())
     tally.observe(_chunk(0, "abc", logprobs={"content": [{}, {}, {}]}))
     assert tally.usage().completion_tokens == 3
 
 
 def test_tool_call_deltas_are_merged() -> None:
-    tally = StreamTally(engine_usage_counts_all_choices=True)
+    tally = StreamTally(VllmAdapter())
     for part in [
         {"index": 0, "id": "call_1", "function": {"name": "get", "arguments": '{"a"'}},
         {"index": 0, "function": {"arguments": ": 1}"}},
