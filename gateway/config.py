@@ -220,9 +220,10 @@ class MeteringConfig(_Strict):
     """Cost and energy metering (docs: README "Cost and energy")."""
 
     prices_file: str | None = Field(
-        "configs/prices.yaml",
-        description="Per-token prices by model (LiteLLM field names); a missing default file "
-        "means no price-table cost",
+        None,
+        description="Per-token prices by model (LiteLLM field names); a relative path is "
+        "relative to the configuration file's folder; none: the packaged price book "
+        "(gateway/defaults/prices.yaml)",
     )
     interval_s: float = Field(1.0, ge=0.1, le=60, description="How often energy is read")
     prompt_token_weight: float = Field(
@@ -374,6 +375,17 @@ def format_validation_error(error: ValidationError) -> str:
     return "invalid configuration:\n  " + "\n  ".join(lines)
 
 
+def _resolve_relative_files(settings: GatewaySettings, base: Path | None) -> GatewaySettings:
+    """Files a configuration names relative to itself become absolute, so the gateway finds
+    them whatever its working directory (without a file: relative to the working directory)."""
+    metering = settings.metering
+    if metering.prices_file is None or Path(metering.prices_file).is_absolute():
+        return settings
+    resolved = ((base or Path.cwd()) / metering.prices_file).resolve()
+    metering = metering.model_copy(update={"prices_file": str(resolved)})
+    return settings.model_copy(update={"metering": metering})
+
+
 def load_settings(path: str | Path | None = None) -> GatewaySettings:
     """Load a YAML file (or only defaults and environment when ``path`` is None)."""
     data: dict[str, Any] = {}
@@ -391,6 +403,7 @@ def load_settings(path: str | Path | None = None) -> GatewaySettings:
         settings = GatewaySettings(**data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc)) from None
+    settings = _resolve_relative_files(settings, Path(path).parent if path is not None else None)
     redis_url = os.environ.get("REDIS_URL")
     if redis_url and settings.state.redis_url is None:  # the conventional variable
         state = settings.state.model_copy(update={"redis_url": redis_url})

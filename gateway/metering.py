@@ -2,8 +2,9 @@
 
 Two cost bases, kept apart by the ``basis`` label (METERING.md §4):
 
-- ``price_table``: per-token prices by model from ``configs/prices.yaml`` (LiteLLM field names)
-  applied to each upstream call's usage: ``(prompt - cached)·input_cost_per_token +
+- ``price_table``: per-token prices by model from the price book (``metering.prices_file``;
+  default ``gateway/defaults/prices.yaml``; LiteLLM field names) applied to each upstream
+  call's usage: ``(prompt - cached)·input_cost_per_token +
   cached·cache_read_input_token_cost + completion·output_cost_per_token``. Exact at answer time.
 - ``infrastructure``: each worker's ``usd_per_hour``, split like its energy (below).
 
@@ -31,6 +32,7 @@ import functools
 import logging
 import time
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +49,6 @@ from strategies import REGISTRY
 
 log = logging.getLogger("ttc.metering")
 
-DEFAULT_PRICES_FILE = "configs/prices.yaml"
 IDLE_POWER_SMOOTHING = 0.2  # weight of the newest idle interval in the learned idle power
 
 
@@ -89,24 +90,39 @@ class PriceBook(BaseModel):
 
 
 def load_price_book(path: str | None) -> PriceBook:
-    """The price book at ``path``; none configured, or the default file absent: no prices."""
+    """The price book at ``path``, or the packaged one (``gateway/defaults/prices.yaml``) when
+    none is configured. A configured file that cannot be read is a configuration error."""
     if path is None:
-        return PriceBook()
-    file = Path(path)
-    if not file.exists() and path == DEFAULT_PRICES_FILE:
-        log.info("no %s here: price-table costs are 0 (set metering.prices_file)", path)
-        return PriceBook()
+        text = resources.files("gateway.defaults").joinpath("prices.yaml").read_text()
+        where = "the packaged price book"
+    else:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"metering.prices_file: cannot read {path}: {exc}") from exc
+        where = path
     try:
-        data = yaml.safe_load(file.read_text()) or {}
+        data = yaml.safe_load(text) or {}
         return PriceBook(**data)
-    except OSError as exc:
-        raise ConfigError(f"metering.prices_file: cannot read {path}: {exc}") from exc
     except yaml.YAMLError as exc:
-        raise ConfigError(f"metering.prices_file: {path} is not valid YAML: {exc}") from exc
+        raise ConfigError(f"metering.prices_file: {where} is not valid YAML: {exc}") from exc
     except ValidationError as exc:
-        raise ConfigError(f"{path}: {format_validation_error(exc)}") from None
+        raise ConfigError(f"{where}: {format_validation_error(exc)}") from None
     except TypeError as exc:
-        raise ConfigError(f"{path}: the top level must be a mapping ({exc})") from None
+        raise ConfigError(f"{where}: the top level must be a mapping ({exc})") from None
+
+
+def warn_unpriced(prices: PriceBook, models: list[str], source: str | None) -> None:
+    """One start-up WARNING naming the served models the price book has no price for (their
+    price-table cost is 0, and budgets cannot stop them)."""
+    missing = [m for m in models if m not in prices.models]
+    if missing:
+        log.warning(
+            "no price for %s in %s: their price-table cost is 0 and USD budgets and "
+            "X-TTC-Max-Cost-USD do not limit them (metering.prices_file)",
+            ", ".join(repr(m) for m in missing),
+            source or "the packaged price book",
+        )
 
 
 # -- interval attribution -------------------------------------------------------------------------

@@ -194,6 +194,26 @@ class KeyFile:
         except FileNotFoundError:
             return None
 
+    @property
+    def usage_path(self) -> Path:
+        """Where the gateway keeps what each key spent (``<keys file>.usage.json``): written by
+        the gateway alone, so the keys CLI never overwrites spending, and read back at start."""
+        return self.path.with_name(self.path.name + ".usage.json")
+
+    def load_spent(self) -> dict[str, int]:
+        """Nano-dollars spent, by key hash."""
+        try:
+            raw = json.loads(self.usage_path.read_text())
+        except FileNotFoundError:
+            return {}
+        return {str(k): int(v) for k, v in raw.get("spent_nusd", {}).items()}
+
+    def save_spent(self, spent: dict[str, int]) -> None:
+        tmp = self.usage_path.with_name(self.usage_path.name + ".tmp")
+        tmp.write_text(json.dumps({"spent_nusd": spent}))
+        os.chmod(tmp, 0o600)
+        tmp.replace(self.usage_path)
+
 
 def _record_from_json(item: dict[str, Any]) -> KeyRecord:
     limits = dict(item.get("limits") or {})
@@ -215,6 +235,8 @@ class MemoryKeyStore:
         self._usage: dict[str, list[int]] = {}  # hash -> [spent, reserved]
         self._windows: dict[tuple[str, int], list[int]] = {}  # (hash, minute) -> [req, tokens]
         self._reload(force=True)
+        if key_file is not None:  # spending survives a restart; reservations do not need to
+            self._usage = {h: [spent, 0] for h, spent in key_file.load_spent().items()}
 
     def _reload(self, force: bool = False) -> None:
         if self._file is None:
@@ -284,6 +306,8 @@ class MemoryKeyStore:
         usage = self._usage.setdefault(reservation.key_hash, [0, 0])
         usage[0] += nusd
         usage[1] -= reservation.nusd
+        if self._file is not None and nusd:
+            self._file.save_spent({h: u[0] for h, u in self._usage.items() if u[0]})
         counts = self._windows.get((reservation.key_hash, reservation.window))
         if counts is not None:
             counts[1] += tokens - reservation.tokens

@@ -18,7 +18,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.errors import GatewayError, invalid_request
+from gateway.errors import GatewayError, bad_gateway, invalid_request
 from gateway.metrics import GatewayMetrics
 from gateway.pool import PoolRegistry, WorkerPool
 from gateway.proxy import RequestContext, Upstream
@@ -149,11 +149,19 @@ class StrategyRunner:
         finally:
             await asyncio.shield(sampler.close())
         usage = sampler.usage()
+        counts = sampler.sample_counts()
+        if counts["failed"] and not counts["finished"] and not outcome.truncated:
+            # Nothing to answer from: the workers broke every sample (their tokens are
+            # counted all the same).
+            raise bad_gateway(
+                f"every sample of {spec.name} failed upstream ({counts['failed']} of "
+                f"{counts['launched']}): the worker broke the connection or the protocol"
+            )
         decided()
         report = {
             "strategy": spec.name,
             "parameters": params,
-            "samples": sampler.sample_counts(),
+            "samples": counts,
             "placement": sampler.placement(),
             "sample_tokens": sampler.sample_tokens(),
             "votes": outcome.votes,

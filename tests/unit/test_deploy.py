@@ -65,7 +65,7 @@ def test_compose_gateway_runs_the_cli_with_configs_that_load() -> None:
     assert "./configs:/etc/ttc:ro" in gateway["volumes"]
     for name in ("compose.yaml", "compose-gpu.yaml"):
         settings = load_settings(REPO / "configs" / name)
-        assert settings.metering.prices_file == "/etc/ttc/prices.yaml"
+        assert settings.metering.prices_file is None  # the packaged price book
         for pool in settings.pools:
             for worker in pool.workers:
                 host = worker.url.split("://", 1)[1].split(":")[0]

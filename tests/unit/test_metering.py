@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -43,6 +44,7 @@ from gateway.metering import (
     RequestMeter,
     load_price_book,
     split_interval,
+    warn_unpriced,
 )
 from gateway.metrics import GatewayMetrics
 from gateway.pool import PoolRegistry, WorkerPool
@@ -64,7 +66,7 @@ def test_price_table_cost_by_hand() -> None:
 
 
 def test_the_shipped_price_book_loads_and_a_bad_one_names_its_key(tmp_path: Path) -> None:
-    book = load_price_book(str(Path(__file__).parents[2] / "configs" / "prices.yaml"))
+    book = load_price_book(None)  # the packaged price book
     assert "smollm2-135m-instruct" in book.models and book.version != "none"
     bad = tmp_path / "prices.yaml"
     bad.write_text("models:\n  m:\n    output_cost_per_tokens: 1\n")
@@ -335,3 +337,37 @@ def test_energy_configuration_names_a_bad_source(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(settings))
     with pytest.raises(ConfigError, match=r"pools\.0\.workers\.0\.energy"):
         load_settings(path)
+
+
+def test_a_relative_prices_file_is_found_next_to_its_configuration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Started from another directory, the price book a configuration names relative to itself
+    is still found (it was read relative to the working directory: every cost was 0)."""
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "my-prices.yaml").write_text(
+        "models:\n  m:\n    output_cost_per_token: 0.5\n"
+    )
+    config = tmp_path / "etc" / "gateway.yaml"
+    config.write_text("metering:\n  prices_file: my-prices.yaml\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    settings = load_settings(config)
+    assert settings.metering.prices_file == str(tmp_path / "etc" / "my-prices.yaml")
+    book = load_price_book(settings.metering.prices_file)
+    assert book.cost("m", Usage(completion_tokens=4)) == 2.0
+    # A configured file that is not there stops the start instead of costing 0.
+    config.write_text("metering:\n  prices_file: missing.yaml\n")
+    with pytest.raises(ConfigError, match=r"metering.prices_file: cannot read .*missing.yaml"):
+        load_price_book(load_settings(config).metering.prices_file)
+
+
+def test_a_served_model_without_a_price_is_a_start_up_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="ttc.metering"):
+        warn_unpriced(load_price_book(None), ["smollm2-135m-instruct", "my-model"], None)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "'my-model'" in warnings[0]
+    assert "smollm2" not in warnings[0]
