@@ -98,9 +98,12 @@ def gateway_cli(
     env: dict[str, str] | None = None,
     timeout_s: float = 90,
     ready_path: str = "/ready",
+    log: Path | None = None,
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """``ttc-gateway serve`` exactly as a user runs it, in a subprocess; stopped with Ctrl-C.
-    Up once ``ready_path`` answers 200 (``/health`` when a pool is meant to be down)."""
+    Up once ``ready_path`` answers 200 (``/health`` when a pool is meant to be down). Its
+    output goes to ``log`` when given (a busy gateway would fill an unread pipe), else to a
+    pipe."""
     port = free_port()
     args = [sys.executable, "-m", "gateway", "serve", "--port", str(port), *extra_args]
     with tempfile.TemporaryDirectory() as tmp:
@@ -108,9 +111,10 @@ def gateway_cli(
             path = Path(tmp) / "gateway.yaml"
             path.write_text(yaml.safe_dump(config))
             args += ["--config", str(path)]
+        output = log.open("wb") if log is not None else None
         process = subprocess.Popen(
             args,
-            stdout=subprocess.PIPE,
+            stdout=output or subprocess.PIPE,
             stderr=subprocess.STDOUT,
             cwd=tmp,
             env={**os.environ, **(env or {})},
@@ -121,6 +125,8 @@ def gateway_cli(
             yield url, process
         finally:
             stop_process(process, signal.SIGINT)
+            if output is not None:
+                output.close()
 
 
 def llamacpp_pool(url: str, **overrides: Any) -> dict[str, Any]:
