@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -43,7 +44,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     pools = PoolRegistry(
         [WorkerPool(p, settings.health, metrics, settings.circuit_breaker) for p in settings.pools]
     )
-    metrics.registry.register(EngineCollector(pools.pools))
+    metrics.add_collector(EngineCollector(pools.pools))
     prices = load_price_book(settings.metering.prices_file)
     warn_unpriced(prices, pools.models, settings.metering.prices_file)
     meter = Meter(settings.metering, prices, pools, metrics)
@@ -91,6 +92,10 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         version=__version__,
         description="OpenAI-compatible gateway for test-time-compute strategies.",
         lifespan=lifespan,
+        # Swagger UI and ReDoc load their scripts from a CDN: blank pages offline or behind a
+        # firewall. The schema itself is served at /openapi.json.
+        docs_url=None,
+        redoc_url=None,
     )
     upstream = Upstream(metrics, meter)
     app.state.gateway = GatewayState(
@@ -141,6 +146,18 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     return schema
 
 
+def configure_logging(level: str) -> None:
+    """The gateway's log lines (access lines included) on standard error, in every process."""
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
 def app_from_environment() -> FastAPI:
-    """Factory for uvicorn worker processes: settings come resolved from the parent."""
-    return create_app(GatewaySettings.model_validate_json(os.environ[SETTINGS_ENV]))
+    """Factory for uvicorn worker processes: settings come resolved from the parent. Each
+    process sets up its own logging (a spawned process starts with none)."""
+    settings = GatewaySettings.model_validate_json(os.environ[SETTINGS_ENV])
+    configure_logging(settings.server.log_level)
+    return create_app(settings)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
+import socket
+import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 import uvicorn
+from uvicorn.supervisors import Multiprocess
 
 from gateway.config import ConfigError, GatewaySettings, load_settings
 
@@ -31,14 +33,6 @@ ConfigOption = Annotated[
 ]
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-
-
 def _load(config: Path | None) -> GatewaySettings:
     try:
         return load_settings(config)
@@ -55,8 +49,9 @@ def serve(
     workers: Annotated[int | None, typer.Option(help="uvicorn worker processes")] = None,
 ) -> None:
     """Start the gateway (and its embedded llama.cpp worker when configured)."""
-    from gateway.app import SETTINGS_ENV, create_app
+    from gateway.app import SETTINGS_ENV, configure_logging, create_app
     from gateway.embedded import EmbeddedEngines
+    from gateway.metrics import MULTIPROC_ENV
 
     settings = _load(config)
     server = settings.server.model_copy(
@@ -67,21 +62,17 @@ def serve(
         }
     )
     settings = settings.model_copy(update={"server": server})
-    _configure_logging(server.log_level)
+    configure_logging(server.log_level)
     log = logging.getLogger("ttc.serve")
     try:
         engines = EmbeddedEngines(settings)
         with engines as resolved:
-            log.info(
-                "ttc-gateway listening on http://%s:%d (OpenAI base_url: http://%s:%d/v1)",
-                server.host,
-                server.port,
-                server.host,
-                server.port,
-            )
-            uvicorn_options: dict[str, Any] = dict(
+            uvicorn_config = uvicorn.Config(
+                "gateway.app:app_from_environment" if server.workers > 1 else create_app(resolved),
+                factory=server.workers > 1,
                 host=server.host,
                 port=server.port,
+                workers=server.workers,
                 log_level=server.log_level,
                 access_log=False,
                 timeout_graceful_shutdown=server.shutdown_grace_s,
@@ -89,19 +80,62 @@ def serve(
                 http="httptools",
             )
             if server.workers == 1:
-                uvicorn.run(create_app(resolved), **uvicorn_options)
+                _Server(uvicorn_config).run()
             else:
+                # Every process gets the resolved settings, and writes its metrics where
+                # /metrics (answered by any of them) sums them.
                 os.environ[SETTINGS_ENV] = resolved.model_dump_json()
-                uvicorn.run(
-                    "gateway.app:app_from_environment",
-                    factory=True,
-                    workers=server.workers,
-                    **uvicorn_options,
-                )
-    except (RuntimeError, FileNotFoundError) as exc:
+                with tempfile.TemporaryDirectory(prefix="ttc-metrics-") as metrics_dir:
+                    os.environ[MULTIPROC_ENV] = metrics_dir
+                    socket = uvicorn_config.bind_socket()  # bound before we say so
+                    _log_listening(server.host, server.port, server.workers)
+                    Multiprocess(uvicorn_config, target=uvicorn.Server(uvicorn_config).run,
+                                 sockets=[socket]).run()
+    except (RuntimeError, FileNotFoundError, OSError) as exc:
         log.error("%s", exc)
         raise typer.Exit(1) from None
     log.info("ttc-gateway stopped")
+
+
+def _log_listening(host: str, port: int, processes: int = 1) -> None:
+    logging.getLogger("ttc.serve").info(
+        "ttc-gateway listening on http://%s:%d (OpenAI base_url: http://%s:%d/v1)%s",
+        host,
+        port,
+        host,
+        port,
+        f", {processes} processes" if processes > 1 else "",
+    )
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, which says where the gateway listens once the port is bound (not
+    before: a port in use is an error, not a false "listening")."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            _log_listening(self.config.host, self.servers[0].sockets[0].getsockname()[1])
+
+
+def _version(value: bool) -> None:
+    if value:
+        from gateway import __version__
+
+        typer.echo(f"ttc-gateway {__version__}")
+        raise typer.Exit()
+
+
+@cli.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """OpenAI-compatible gateway for test-time-compute strategies."""
 
 
 @cli.command("check-config")

@@ -133,6 +133,9 @@ class EmbeddedLlamaCppConfig(_Strict):
     )
     parallel: int = Field(8, ge=1, le=64, description="llama.cpp slots = concurrent sequences")
     context: int = Field(8192, ge=512, description="Total context, split across slots")
+    threads: int | None = Field(
+        None, ge=1, le=512, description="CPU threads llama.cpp decodes with; none: all cores"
+    )
     port: int = Field(0, ge=0, le=65535, description="0 picks a free port")
     startup_timeout_s: float = Field(60.0, gt=0)
     energy: EnergyConfig | None = Field(

@@ -56,6 +56,7 @@ class EmbeddedLlamaCpp:
             parallel=self.config.parallel,
             context=self.config.context,
             model=self.config.model_path,
+            threads=self.config.threads,
         )
         self._process = subprocess.Popen(
             command,

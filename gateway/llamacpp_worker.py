@@ -21,11 +21,13 @@ def command(
     parallel: int = 8,
     context: int = 8192,
     model: str | None = None,
+    threads: int | None = None,
 ) -> list[str]:
     """The command line that starts a worker: the one the gateway, the tests' fixtures and
     docker-compose.yml's ``llamacpp`` service all run (a test keeps the last one equal)."""
     args = [python, "-m", "gateway.llamacpp_worker", "--host", host, "--port", str(port)]
     args += ["--parallel", str(parallel), "--context", str(context)]
+    args += ["--threads", str(threads)] if threads else []
     return args + (["--model", model] if model else [])
 
 
@@ -53,6 +55,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--parallel", type=int, default=8)
     parser.add_argument("--context", type=int, default=8192)
+    parser.add_argument(
+        "--threads", type=int, default=None, help="CPU threads for decoding (default: all cores)"
+    )
     args = parser.parse_args(argv)
 
     import xllamacpp as xlc
@@ -61,6 +66,9 @@ def main(argv: list[str] | None = None) -> None:
     params.model.path = args.model or default_model_path()
     params.n_parallel = args.parallel
     params.n_ctx = args.context
+    if args.threads:
+        params.cpuparams.n_threads = args.threads
+        params.cpuparams_batch.n_threads = args.threads
     params.port = args.port
     params.hostnames = [args.host]
     params.endpoint_metrics = True

@@ -28,13 +28,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import functools
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import aiohttp
 import yaml
@@ -42,7 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gateway.config import ConfigError, MeteringConfig, format_validation_error
 from gateway.energy import EnergyCounter, EnergySource, EnergySourceError, open_source
-from gateway.metrics import GatewayMetrics
+from gateway.metrics import GatewayMetrics, multiprocess_dir
 from gateway.pool import PoolRegistry, Worker
 from gateway.streams import StreamTally, Usage
 from strategies import REGISTRY
@@ -206,6 +208,7 @@ class _WorkerMeter:
     last_read: float = field(default_factory=time.monotonic)
     watched: set[_Watched] = field(default_factory=set)
     work: dict[RequestMeter, float] = field(default_factory=dict)
+    closing: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
     def idle_power(self) -> float:
@@ -229,6 +232,9 @@ class Meter:
         self.metrics = metrics
         self.pools = pools
         self.rates: dict[str, tuple[float, float]] = {}  # worker -> (J, USD) per unit of work
+        self.measures = True  # reads energy counters, closes intervals
+        self.attributes = True  # splits them among requests (one process serving)
+        self._lock: IO[str] | None = None
         self._workers: dict[str, _WorkerMeter] = {}
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
@@ -241,7 +247,36 @@ class Meter:
                     metrics.cost.labels(basis, model, strategy)
 
     # -- life cycle -------------------------------------------------------------------------
+    def _one_of_several_processes(self) -> bool:
+        """With ``server.workers`` > 1 each process sees only its own requests, so none can
+        split a worker's energy among all of them: one process (the first to lock the
+        metrics folder's ``metering.lock``) reads the energy counters and exports the measured
+        totals and the machine cost, unsplit; no process attributes. Returns whether this
+        process is one of several."""
+        path = multiprocess_dir()
+        if path is None:
+            return False
+        self.attributes = False
+        lock = open(os.path.join(path, "metering.lock"), "w")  # noqa: SIM115 (held for life)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            self.measures = False
+            return True
+        self._lock = lock
+        log.warning(
+            "server.workers > 1: energy and machine cost are measured per worker "
+            "(ttc_energy_joules_total, ttc_cost_unattributed_usd_total) but not split among "
+            "requests, and estimate sources are not read; answers report energy method "
+            "'none'. Run one process per replica for per-request joules."
+        )
+        return True
+
     async def start(self) -> None:
+        self._one_of_several_processes()
+        if not self.measures:
+            return
         self._session = aiohttp.ClientSession()
         for pool in self.pools.pools:
             for worker in pool.workers:
@@ -252,9 +287,12 @@ class Meter:
     def add_worker(self, pool: str, worker: Worker) -> None:
         assert self._session is not None
         source: EnergySource | None = None
-        if worker.config.energy is not None:
+        energy = worker.config.energy
+        if energy is not None and energy.source == "estimate" and not self.attributes:
+            energy = None  # busy time seen by one of several processes is not the worker's
+        if energy is not None:
             try:
-                source = open_source(worker.config.energy, self._session, worker.busy.seconds)
+                source = open_source(energy, self._session, worker.busy.seconds)
             except EnergySourceError as exc:
                 log.error("worker %s: energy is not metered: %s", worker.name, exc)
         if source is not None:
@@ -272,9 +310,12 @@ class Meter:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await self.tick()  # attribute the last partial interval
+        if self.measures:
+            await self.tick()  # attribute the last partial interval
         if self._session is not None:
             await self._session.close()
+        if self._lock is not None:
+            self._lock.close()
 
     async def _loop(self) -> None:
         await self.tick()  # the first reading sets each counter's origin
@@ -290,6 +331,19 @@ class Meter:
         return state.source.method if state is not None and state.source is not None else None
 
     # -- requests ---------------------------------------------------------------------------
+    async def report(self, request: RequestMeter) -> dict[str, Any]:
+        """``request``'s cost and energy figures for its answer. A worker that has no joules
+        per unit of work yet (no interval closed with work on it: the first requests after
+        start) closes one now, so the first answer is valued like the next ones."""
+        unvalued = [
+            self._workers[name]
+            for name, work in request.open_work.items()
+            if work and name not in self.rates and name in self._workers
+        ]
+        if unvalued:
+            await asyncio.gather(*(self._close_interval(state) for state in unvalued))
+        return request.report(self)
+
     def request(self, model: str, strategy: str) -> RequestMeter:
         return RequestMeter(model, strategy)
 
@@ -327,7 +381,7 @@ class Meter:
         handle.booked = max(handle.booked, work)
 
     def _book(self, state: _WorkerMeter, request: RequestMeter, work: float) -> None:
-        if work > 0:
+        if work > 0 and self.attributes:
             state.work[request] = state.work.get(request, 0.0) + work
             request.open_work[state.worker.name] = (
                 request.open_work.get(state.worker.name, 0.0) + work
@@ -338,6 +392,10 @@ class Meter:
         await asyncio.gather(*(self._close_interval(s) for s in list(self._workers.values())))
 
     async def _close_interval(self, state: _WorkerMeter) -> None:
+        async with state.closing:  # the loop's tick and an answer's report may race
+            await self._close_interval_now(state)
+
+    async def _close_interval_now(self, state: _WorkerMeter) -> None:
         for watched in list(state.watched):  # tokens received since the last tick
             if watched.tally is not None:
                 now_work = float(watched.tally.counted_completion_tokens)
@@ -354,6 +412,13 @@ class Meter:
         dt, state.last_read = now - state.last_read, now
         work, state.work = state.work, {}
         name = state.worker.name
+        if not self.attributes:  # one of several processes: the totals, unsplit
+            self.metrics.cost_unattributed.labels(name).inc(
+                state.worker.config.usd_per_hour * dt / 3600
+            )
+            if delta_j is not None and state.source is not None:
+                self.metrics.energy.labels(state.pool, name, state.source.method).inc(delta_j)
+            return
         cost = split_interval(state.worker.config.usd_per_hour * dt / 3600, dt, 0.0, work)
         for request, usd in cost.shares.items():
             request.infrastructure_usd += usd

@@ -6,7 +6,21 @@ kind, role): never prompts, keys or request ids.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+import re
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.registry import Collector
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_LIVE_GAUGE_FILE = re.compile(r"^gauge_live\w+_(\d+)\.db$")
 
 LATENCY_BUCKETS = (
     0.001,
@@ -31,11 +45,23 @@ LATENCY_BUCKETS = (
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
 
 
+def multiprocess_dir() -> str | None:
+    """Where the processes of a multi-process gateway (``server.workers`` > 1) keep their
+    metric values (prometheus-client's multiprocess mode); None in a single process."""
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
 class GatewayMetrics:
-    """Every metric the gateway exports."""
+    """Every metric the gateway exports.
+
+    With ``server.workers`` > 1 every process writes its values to files in
+    ``PROMETHEUS_MULTIPROC_DIR`` (set by ``ttc-gateway serve`` before the processes start) and
+    ``/metrics``, whichever process answers, exports counters and histograms summed over all
+    of them and gauges combined by their ``multiprocess_mode``."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._collectors: list[Collector] = []  # per-process ones (engine figures)
         r = self.registry
         self.requests = Counter(
             "ttc_requests",
@@ -159,12 +185,14 @@ class GatewayMetrics:
             "1 for each worker's energy source; method=estimated means no counter behind it",
             ["worker", "source", "method"],
             registry=r,
+            multiprocess_mode="max",
         )
         self.price_table_info = Gauge(
             "ttc_price_table_info",
             "1, labelled with the version of the price book in use",
             ["version"],
             registry=r,
+            multiprocess_mode="max",
         )
         self.client_disconnects = Counter(
             "ttc_client_disconnects",
@@ -183,12 +211,14 @@ class GatewayMetrics:
             "Requests the gateway has in flight on each worker",
             ["pool", "worker"],
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.worker_healthy = Gauge(
             "ttc_worker_healthy",
             "1 if the worker passed its last health check, else 0",
             ["pool", "worker"],
             registry=r,
+            multiprocess_mode="livemin",
         )
         self.overhead = Histogram(
             "ttc_gateway_overhead_seconds",
@@ -210,6 +240,7 @@ class GatewayMetrics:
             "1 if the last call to the key store (redis or memory) succeeded, else 0",
             ["backend"],
             registry=r,
+            multiprocess_mode="livemin",
         )
         self.shared_state_errors = Counter(
             "ttc_shared_state_errors",
@@ -222,6 +253,7 @@ class GatewayMetrics:
             "Settlements waiting for the key store to come back",
             ["backend"],
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.degraded_admissions = Counter(
             "ttc_degraded_admissions",
@@ -234,6 +266,7 @@ class GatewayMetrics:
             "Each worker's circuit breaker: 0 closed, 1 half-open (one probe), 2 open",
             ["pool", "worker"],
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.circuit_opened = Counter(
             "ttc_worker_circuit_opened",
@@ -247,3 +280,34 @@ class GatewayMetrics:
             ["result"],
             registry=r,
         )
+
+    def add_collector(self, collector: Collector) -> None:
+        """A collector whose figures are this process's view (not summed over processes)."""
+        self.registry.register(collector)
+        self._collectors.append(collector)
+
+    def exposition(self) -> bytes:
+        """The ``/metrics`` page: this registry, or every process's values when several
+        processes serve (gauges of processes that died are dropped first)."""
+        path = multiprocess_dir()
+        if path is None:
+            return generate_latest(self.registry)
+        for name in os.listdir(path):
+            found = _LIVE_GAUGE_FILE.match(name)
+            if found and not _alive(int(found.group(1))):
+                multiprocess.mark_process_dead(int(found.group(1)), path)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path)
+        for collector in self._collectors:
+            registry.register(collector)
+        return generate_latest(registry)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import orjson
 from fastapi import APIRouter, Request
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -323,8 +323,8 @@ async def _sampling(request: Request, endpoint: str) -> Response:
         result = await cancel_on_disconnect(
             request.receive, state.upstream.complete(pool, ctx, forward, parsed.n)
         )
-        if ctx.meter is not None:
-            result["ttc"] = {"strategy": spec.name, **ctx.meter.report(state.upstream.meter)}
+        if ctx.meter is not None and state.upstream.meter is not None:
+            result["ttc"] = {"strategy": spec.name, **await state.upstream.meter.report(ctx.meter)}
             headers.update(cost_headers(result["ttc"]))
         response = Response(orjson.dumps(result), media_type="application/json", headers=headers)
         state.metrics.overhead.labels(spec.name).observe(
@@ -485,9 +485,7 @@ async def ready(request: Request) -> Response:
 
 @router.get("/metrics", summary="Prometheus metrics", tags=["Operations"])
 async def metrics(request: Request) -> Response:
-    return Response(
-        generate_latest(_state(request).metrics.registry), media_type=CONTENT_TYPE_LATEST
-    )
+    return Response(_state(request).metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
 class SamplingFastLane:

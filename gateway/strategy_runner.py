@@ -175,8 +175,8 @@ class StrategyRunner:
             ),
             **({"decisions": outcome.report} if outcome.report else {}),
         }
-        if ctx.meter is not None:
-            report.update(ctx.meter.report(self.upstream.meter))
+        if ctx.meter is not None and self.upstream.meter is not None:
+            report.update(await self.upstream.meter.report(ctx.meter))
         self._observe(spec.name, model, report)
         return StrategyResult(outcome, usage, report)
 
