@@ -146,11 +146,13 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     return schema
 
 
-def configure_logging(level: str) -> None:
-    """The gateway's log lines (access lines included) on standard error, in every process."""
+def configure_logging(level: str, processes: int = 1) -> None:
+    """The gateway's log lines (access lines included) on standard error, in every process;
+    with several processes each line names its process id."""
+    where = " [%(process)d]" if processes > 1 else ""
     logging.basicConfig(
         level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)s{where} %(name)s: %(message)s",
         stream=sys.stderr,
     )
 
@@ -159,5 +161,5 @@ def app_from_environment() -> FastAPI:
     """Factory for uvicorn worker processes: settings come resolved from the parent. Each
     process sets up its own logging (a spawned process starts with none)."""
     settings = GatewaySettings.model_validate_json(os.environ[SETTINGS_ENV])
-    configure_logging(settings.server.log_level)
+    configure_logging(settings.server.log_level, settings.server.workers)
     return create_app(settings)

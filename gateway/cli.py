@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import socket
@@ -62,7 +63,7 @@ def serve(
         }
     )
     settings = settings.model_copy(update={"server": server})
-    configure_logging(server.log_level)
+    configure_logging(server.log_level, server.workers)
     log = logging.getLogger("ttc.serve")
     try:
         engines = EmbeddedEngines(settings)
@@ -87,14 +88,21 @@ def serve(
                 os.environ[SETTINGS_ENV] = resolved.model_dump_json()
                 with tempfile.TemporaryDirectory(prefix="ttc-metrics-") as metrics_dir:
                     os.environ[MULTIPROC_ENV] = metrics_dir
-                    socket = uvicorn_config.bind_socket()  # bound before we say so
-                    _log_listening(server.host, server.port, server.workers)
-                    Multiprocess(uvicorn_config, target=uvicorn.Server(uvicorn_config).run,
-                                 sockets=[socket]).run()
+                    bound = uvicorn_config.bind_socket()  # before we say we listen
+                    _log_listening(server.host, bound.getsockname()[1], server.workers)
+                    _supervisor(uvicorn_config, bound).run()
     except (RuntimeError, FileNotFoundError, OSError) as exc:
         log.error("%s", exc)
         raise typer.Exit(1) from None
     log.info("ttc-gateway stopped")
+
+
+def _supervisor(config: uvicorn.Config, bound: socket.socket) -> Multiprocess:
+    """uvicorn's process supervisor, built as ``uvicorn.run`` builds it (older uvicorn
+    releases take the server's ``run`` as ``target``)."""
+    if "target" in inspect.signature(Multiprocess).parameters:
+        return Multiprocess(config, target=uvicorn.Server(config).run, sockets=[bound])  # type: ignore[call-arg]
+    return Multiprocess(config, sockets=[bound])
 
 
 def _log_listening(host: str, port: int, processes: int = 1) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from gateway.config import AuthConfig, MeteringConfig
+from gateway.config import AuthConfig, EstimatedEnergy, MeteringConfig, WorkerConfig
 from gateway.shared_state import KeyFile, KeyLimits, KeyRecord, MemoryKeyStore, hash_secret
 from gateway.standin import SampleScript, Script, serve_standin
 from tests.standin_fixtures import (
@@ -270,3 +270,21 @@ async def test_ready_shows_workers_only_to_the_admin_while_keys_are_required(
         admin = await gw.client.get("/ready", headers={"Authorization": "Bearer admin-secret"})
         (pool,) = admin.json()["pools"]
         assert pool["workers"][0]["name"] == "pool-0"
+
+
+async def test_the_first_answer_after_start_carries_its_energy() -> None:
+    """No interval had closed with work on the worker yet, so the first answer said 0 J."""
+    slow = Script(samples=[SampleScript(text=TEXT, token_delay_s=0.01)])
+    async with serve_standin("vllm", slow) as worker:
+        estimate = EstimatedEnergy(source="estimate", watts=100)
+        pool = pool_for("vllm", worker.url).model_copy(
+            update={"workers": [WorkerConfig(url=worker.url, energy=estimate)]}
+        )
+        async with serve_gateway(pool, metering=MeteringConfig(interval_s=60)) as gw:
+            answer = await gw.client.post("/v1/chat/completions", json=chat_body(max_tokens=8))
+            assert answer.status_code == 200
+            ttc = answer.json()["ttc"]
+            assert ttc["energy"]["method"] == "estimated"
+            # 100 W while the request ran (~0.1 s): a few joules, not 0
+            assert 1 < float(answer.headers["X-TTC-Energy-J"]) < 100
+            assert float(answer.headers["X-TTC-Energy-J"]) == pytest.approx(ttc["energy_joules"])
