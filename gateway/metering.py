@@ -1,6 +1,6 @@
 """Dollars and joules per request: a price book, and interval attribution of worker energy.
 
-Two cost bases, kept apart by the ``basis`` label (METERING.md §4):
+Two cost bases, kept apart by the ``basis`` label:
 
 - ``price_table``: per-token prices by model from the price book (``metering.prices_file``;
   default ``gateway/defaults/prices.yaml``; LiteLLM field names) applied to each upstream
@@ -8,7 +8,7 @@ Two cost bases, kept apart by the ``basis`` label (METERING.md §4):
   cached·cache_read_input_token_cost + completion·output_cost_per_token``. Exact at answer time.
 - ``infrastructure``: each worker's ``usd_per_hour``, split like its energy (below).
 
-Energy (METERING.md §3, simplified to token work): every ``interval_s`` the meter reads each
+Energy (interval attribution, by token work): every ``interval_s`` the meter reads each
 worker's energy source and closes an interval. Work done on the worker in the interval is
 ``completion tokens + prompt_token_weight · uncached prompt tokens``, pulled from the live
 streams' tallies (a stream's remaining work is booked when its usage arrives). Then::

@@ -1,6 +1,6 @@
 """Answer extraction, normalisation and vote tallying: the one answer key every strategy uses.
 
-Implements docs/reference/STRATEGIES.md §0.1-§0.2:
+As Qwen2.5-Math's and lm-eval's graders do it:
 
 1. ``answer_region``: the text after the last ``</think>``, else the whole text.
 2. ``extract_answer``: the first rule that hits wins:
@@ -143,7 +143,7 @@ _RULES = (_last_boxed, _after_answer_is, _gsm8k_number, _bold_choice, _last_numb
 
 
 def extract_answer(text: str) -> str | None:
-    """The raw answer string in ``text`` (STRATEGIES.md §0.1 step 2), or None if none parses.
+    """The raw answer string in ``text`` (rule 2 of this module's docstring), or None if none parses.
 
     The rules are tried in order and the first non-empty answer wins. Apply it to
     ``answer_region(text)``; ``answer_key`` does both and normalises.
@@ -200,7 +200,7 @@ def _canonical_decimal(string: str) -> str:
 def normalize_answer(answer: str) -> str:
     """Canonical form of an extracted answer, for use as a vote key.
 
-    Qwen2.5-Math ``parser.py::strip_string`` step by step (STRATEGIES.md §0.1 step 3), with these
+    Qwen2.5-Math ``parser.py::strip_string`` step by step (rule 3 of this module's docstring), with these
     differences, each because the vote key must not merge different answers:
 
     - an enclosing ``\\boxed{...}`` is unwrapped first, so a boxed string and its content agree;
@@ -304,7 +304,7 @@ class VoteTally(Generic[SampleId]):
     """Majority vote over answer keys, fed in finish order.
 
     Ties go to the key that was voted for first, as ``Counter.most_common`` does in lm-eval and
-    Qwen (STRATEGIES.md §0.2). Adding answers as the samples finish therefore makes the tie-break
+    Qwen2.5-Math. Adding answers as the samples finish therefore makes the tie-break
     "shortest chain wins", the short-m@k rule. A None key (unparseable answer) is recorded but does
     not vote.
     """
@@ -349,7 +349,7 @@ class VoteTally(Generic[SampleId]):
 
     def agreement(self) -> float:
         """The leader's share of the valid votes (0.0 when there are none): the cascade
-        deferral signal of STRATEGIES.md §5.2."""
+        deferral signal (arXiv 2310.03094)."""
         return max(self._counts.values()) / self.valid if self._counts else 0.0
 
     def settled(self, remaining: int) -> bool:

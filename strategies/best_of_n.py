@@ -1,9 +1,9 @@
-"""``best_of_n``: best-of-N with an LLM judge, and Best-of-Majority (STRATEGIES.md §4).
+"""``best_of_n``: best-of-N with an LLM judge, and Best-of-Majority (arXiv 2510.03199).
 
 Best-of-N ("rm@k", Qwen2.5-Math ``rm_maj_eval.py::eval_rm_k_metrics``) scores every response and
 returns the argmax, the first on ties. The reward here is an LLM-as-judge on the ``judge`` pool,
 scored as SpecReason scores its verifier (Pan et al., arXiv 2504.07891,
-ruipeterpan/specreason@8c5ee05 ``spec_reason.py``, STRATEGIES.md §1): one token at temperature
+ruipeterpan/specreason@8c5ee05 ``spec_reason.py``): one token at temperature
 0 with the top-10 logprobs, read as the probability-weighted mean of the digit tokens.
 
 Best-of-Majority (Di, Ji, Li, Zhao, Gu, arXiv 2510.03199) first keeps only the answers whose

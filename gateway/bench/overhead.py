@@ -1,6 +1,6 @@
 """``ttc-gateway bench overhead``: what the gateway adds to a request, next to LiteLLM, in one run.
 
-Method (docs/PERFORMANCE.md): an instant stand-in engine (``gateway.bench.instant_engine``, raw
+Method: an instant stand-in engine (``gateway.bench.instant_engine``, raw
 ASGI under uvicorn) serves every request; the load generator is ``wrk`` (not Python, which would
 saturate a core by itself). In one run the stand-in, the gateway (once per ``--gateway-workers``
 count) and the LiteLLM proxy (``deploy/litellm/setup.sh``) are started on free loopback ports,
@@ -38,7 +38,9 @@ from typing import Annotated, Any
 
 import typer
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+# Where `ttc-gateway bench` runs from a wheel as from a checkout: nothing here is read relative
+# to the repository. The git revision is the package folder's (none for an installed wheel).
+PACKAGE_DIR = Path(__file__).resolve().parent
 HOST = "127.0.0.1"
 MODEL = "m"
 CHAT_PATH = "/v1/chat/completions"
@@ -100,7 +102,6 @@ class Service:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, **self.env},
-                cwd=REPO_ROOT,
                 start_new_session=True,  # its own group: stop() reaches uvicorn's workers too
             )
 
@@ -383,14 +384,14 @@ def _version(dist: str) -> str:
 def _git_revision() -> str:
     try:
         rev = subprocess.run(
-            ["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
+            ["git", "-C", str(PACKAGE_DIR), "rev-parse", "--short", "HEAD"],
             capture_output=True,
             text=True,
             timeout=10,
             check=True,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
+            ["git", "-C", str(PACKAGE_DIR), "status", "--porcelain", "--untracked-files=no"],
             capture_output=True,
             text=True,
             timeout=10,
@@ -580,7 +581,7 @@ def _terminate_as_interrupt() -> Iterator[None]:
 def _litellm_config(directory: Path, upstream: str) -> Path:
     import yaml
 
-    config = yaml.safe_load((REPO_ROOT / "deploy" / "litellm" / "config.yaml").read_text())
+    config = yaml.safe_load((PACKAGE_DIR / "litellm.yaml").read_text())
     for model in config["model_list"]:
         model["litellm_params"]["api_base"] = upstream + "/v1"
     path = directory / "litellm.yaml"
@@ -630,8 +631,13 @@ def overhead(
         bool, typer.Option("--litellm/--no-litellm", help="Compare with LiteLLM")
     ] = True,
     litellm_venv: Annotated[
-        Path, typer.Option(envvar="LITELLM_VENV", help="venv made by deploy/litellm/setup.sh")
-    ] = REPO_ROOT / ".venv-litellm",
+        Path,
+        typer.Option(
+            envvar="LITELLM_VENV",
+            help="venv made by deploy/litellm/setup.sh (which makes .venv-litellm in the "
+            "repository's root; the default is relative to the current directory)",
+        ),
+    ] = Path(".venv-litellm"),
     litellm_workers: Annotated[
         int, typer.Option(min=1, max=16, help="LiteLLM worker processes")
     ] = 1,
@@ -857,7 +863,7 @@ def _run(
         "Setup: instant stand-in engine (raw ASGI, uvicorn+uvloop+httptools, access log off) on "
         "loopback; ttc-gateway `serve` with `access_log: false`, `log_level: warning`, one "
         "`openai` pool; LiteLLM proxy with `LITELLM_LOG=ERROR` (no access log), config from "
-        "deploy/litellm/config.yaml. "
+        "gateway/bench/litellm.yaml. "
         f"Load: `wrk {threads} -cC -d{duration}s --latency` with a POST Lua script, after a "
         f"{warmup} s warm-up per row; targets interleaved; {repeat} repeat(s), medians shown; "
         "added = target - direct in the same repeat.",

@@ -52,7 +52,6 @@ import typer
 
 from gateway.bench.overhead import (
     HOST,
-    REPO_ROOT,
     BenchError,
     Service,
     _command_line,
@@ -66,7 +65,8 @@ from gateway.bench.overhead import (
 )
 from strategies.answers import answer_key, gsm8k_gold, normalize_answer
 
-DEFAULT_DATASET = REPO_ROOT.parent / "shared" / "data" / "gsm8k_test.jsonl"
+# GSM8K's test set (MIT licence, gateway/bench/data/gsm8k_LICENSE), shipped in the package.
+DEFAULT_DATASET = Path(__file__).resolve().parent / "data" / "gsm8k_test.jsonl"
 DEFAULT_STRATEGIES = "single,majority_vote,first_finish,short_m_at_k"
 CHAT_PATH = "/v1/chat/completions"
 SYSTEM_MESSAGE = "You are a helpful assistant who solves math word problems."
@@ -930,7 +930,7 @@ class ChildService(Service):
     (optillm writes files where it runs; the gateway must not see a user's ``TTC_*``)."""
 
     unset_prefixes: tuple[str, ...] = ()
-    cwd: Path = REPO_ROOT
+    cwd: Path | None = None
 
     def start(self) -> None:
         env = {
@@ -1013,8 +1013,13 @@ def strategies(
         ),
     ] = None,
     optillm_venv: Annotated[
-        Path, typer.Option(envvar="OPTILLM_VENV", help="venv made by deploy/optillm/setup.sh")
-    ] = REPO_ROOT / ".venv-optillm",
+        Path,
+        typer.Option(
+            envvar="OPTILLM_VENV",
+            help="venv made by deploy/optillm/setup.sh (which makes .venv-optillm in the "
+            "repository's root; the default is relative to the current directory)",
+        ),
+    ] = Path(".venv-optillm"),
     output: Annotated[
         Path | None, typer.Option(help="Also write the report to this markdown file")
     ] = None,

@@ -92,7 +92,6 @@ def test_missing_or_empty_dataset_is_an_error(tmp_path: Path) -> None:
         load_problems(tmp_path / "empty.jsonl", 1)
 
 
-@pytest.mark.skipif(not DEFAULT_DATASET.exists(), reason="shared/data/gsm8k_test.jsonl absent")
 def test_default_dataset_loads_with_numeric_golds() -> None:
     problems = load_problems(DEFAULT_DATASET, 20)
     assert len(problems) == 20

@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -129,3 +130,31 @@ def test_docker_compose_config_validates() -> None:
         text=True,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_compose_redis_keeps_keys_and_spending_across_restarts() -> None:
+    redis = SERVICES["redis"]
+    command = redis["command"]
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert any(v.split(":")[1] == "/data" for v in redis["volumes"])  # on a named volume
+    assert "--save" not in command or command[command.index("--save") + 1] != ""
+
+
+def test_the_image_can_read_every_energy_source_the_shipped_configs_name() -> None:
+    """compose-gpu.yaml reads NVML: the image must install nvidia-ml-py (the nvml extra)."""
+    sources = {
+        worker.energy.source
+        for name in ("compose.yaml", "compose-gpu.yaml")
+        for pool in load_settings(REPO / "configs" / name).pools
+        for worker in pool.workers
+        if worker.energy is not None
+    }
+    assert "nvml" in sources
+    install = next(
+        line for line in (REPO / "Dockerfile").read_text().splitlines() if "pip install" in line
+    )
+    extras = install.split('".[', 1)[1].split("]", 1)[0].split(",")
+    assert "nvml" in extras
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    nvml = pyproject["project"]["optional-dependencies"]["nvml"]
+    assert any(dep.startswith("nvidia-ml-py") for dep in nvml)
