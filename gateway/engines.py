@@ -28,13 +28,9 @@ class EngineAdapter:
     # False when the engine's `usage.completion_tokens` covers only some choices of an n>1
     # request, so the gateway must count tokens from the stream itself.
     usage_counts_all_choices: ClassVar[bool] = True
-    # True when a stream's usage chunks are one per choice (each choice was prefilled on its
-    # own) rather than one for the whole request.
-    usage_per_choice: ClassVar[bool] = False
-
     def chunk_prompt(self, chunk: dict[str, Any]) -> tuple[int, int] | None:
-        """(prompt tokens, cached prompt tokens) of the choices in one content chunk, for
-        engines that say so before the stream ends; None when the chunk does not say."""
+        """(prompt tokens, cached prompt tokens) of the request, from a content chunk of an
+        engine that says them before its usage chunk; None when the chunk does not say."""
         return None
 
     async def count_prompt_tokens(self, call: RenderCall, body: dict[str, Any]) -> int | None:
@@ -176,18 +172,17 @@ class SglangAdapter(EngineAdapter):
 
 
 class LlamaCppAdapter(EngineAdapter):
-    """llama.cpp server. With ``n > 1`` each choice runs in its own slot: its prompt is
-    prefilled per choice (partly from the slot's cache), a stream ends with one usage chunk per
-    choice, and ``usage.completion_tokens`` counts only one choice. Streams are asked for
-    ``timings_per_token``: every content chunk then carries its slot's ``prompt_n`` (prompt
-    tokens evaluated) and ``cache_n`` (taken from the cache), so an aborted choice's prompt is
-    known exactly."""
+    """llama.cpp server. With ``n > 1`` the prompt is prefilled once and shared by the
+    choices, but a stream ends with one usage chunk per choice (each repeating the prompt) and
+    ``usage.completion_tokens`` counts only one choice. Streams are asked for
+    ``timings_per_token``: every content chunk then carries ``prompt_n`` (prompt tokens
+    evaluated) and ``cache_n`` (taken from the cache), so an aborted request's prompt is known
+    exactly (``llamacpp:prompt_tokens_total`` and ``_cached_total`` count the same)."""
 
     kind = EngineKind.LLAMACPP
     health_path = "/health"
     metrics_path = "/metrics"
     usage_counts_all_choices = False
-    usage_per_choice = True
 
     def prepare(self, body: dict[str, Any], upstream_model: str, request_id: str) -> dict[str, Any]:
         body = super().prepare(body, upstream_model, request_id)

@@ -225,7 +225,7 @@ class Upstream:
         """Forward a non-streaming request and return the completion object."""
         if pool.adapter.needs_streaming_for_usage(n) or ctx.client_deadline_ms is not None:
             # streamed upstream: every token is counted even if the deadline cuts it
-            return await self._complete_via_stream(pool, ctx, body, n)
+            return await self._complete_via_stream(pool, ctx, body)
         lease, response = await self.open(pool, ctx, body)
         try:
             reading = time.perf_counter()
@@ -241,7 +241,7 @@ class Upstream:
             if cut_by_gateway(exc):
                 # Cut before its answer: the prompt was prefilled (counted here); what it had
                 # generated is unknown without a stream.
-                tally = StreamTally(pool.adapter, n)
+                tally = StreamTally(pool.adapter)
                 await asyncio.shield(
                     self.count_unreported_prompt(pool, lease.worker, tally, body)
                 )
@@ -265,10 +265,10 @@ class Upstream:
         return result
 
     async def _complete_via_stream(
-        self, pool: WorkerPool, ctx: RequestContext, body: dict[str, Any], n: int
+        self, pool: WorkerPool, ctx: RequestContext, body: dict[str, Any]
     ) -> dict[str, Any]:
         streamed = {**body, "stream": True, "stream_options": {"include_usage": True}}
-        tally = StreamTally(pool.adapter, n)
+        tally = StreamTally(pool.adapter)
         lease, response = await self.open(pool, ctx, streamed)
         watch = self.watch(lease.worker, ctx, tally)
         broken = False
@@ -314,7 +314,7 @@ class Upstream:
         wants_usage: bool,
         wants_continuous: bool,
     ) -> AsyncGenerator[bytes, None]:
-        tally = StreamTally(pool.adapter, int(body.get("n") or 1))
+        tally = StreamTally(pool.adapter)
         worker = lease.worker
         watch = self.watch(worker, ctx, tally)
         ttft_recorded = False

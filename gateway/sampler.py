@@ -303,7 +303,7 @@ class PoolSampler:
                 )
                 if sticky is not None:
                     self._sticky[sticky] = lease.worker
-                tally = StreamTally(pool.adapter, size)
+                tally = StreamTally(pool.adapter)
                 if self.guard.max_cost_usd is not None:
                     self.guard.priced.append((self.upstream.price_of(pool.model), tally))
                 streams.append(

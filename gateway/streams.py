@@ -25,8 +25,6 @@ class ChoiceState:
     logprobs: list[Any] = field(default_factory=list)
     tool_calls: dict[int, dict[str, Any]] = field(default_factory=dict)
     role: str = "assistant"
-    prompt_tokens: int | None = None  # when the engine says per choice (llama.cpp)
-    cached_tokens: int | None = None
 
     @property
     def content(self) -> str:
@@ -82,28 +80,25 @@ class StreamDialect(Protocol):
 
     @property
     def usage_counts_all_choices(self) -> bool: ...
-    @property
-    def usage_per_choice(self) -> bool: ...
     def chunk_prompt(self, chunk: dict[str, Any]) -> tuple[int, int] | None: ...
 
 
 class StreamTally:
-    """Follows the chunks of one upstream stream (chat or text completions) of ``choices``
-    choices (its ``n``)."""
+    """Follows the chunks of one upstream stream (chat or text completions)."""
 
-    def __init__(self, dialect: StreamDialect, choices: int = 1) -> None:
+    def __init__(self, dialect: StreamDialect) -> None:
         self._dialect = dialect
-        self.expected_choices = choices
         self.choices: dict[int, ChoiceState] = {}
         self.engine_usage: dict[str, Any] | None = None
         self.completed = False
         self.first_token_seen = False
         self.id: str | None = None
         self.created: int | None = None
-        # Prompt tokens of one prefill, counted by the gateway when the engine never said
-        # (set by whoever closes an aborted call; see ``needs_prompt_count``).
+        # (prompt, cached) as the engine said them before its usage chunk (llama.cpp)
+        self.early_prompt: tuple[int, int] | None = None
+        # The prompt tokens counted by the gateway when the engine never said them (set by
+        # whoever closes an aborted call; see ``needs_prompt_count``).
         self.counted_prompt_tokens: int | None = None
-        self.choice_usages: list[dict[str, Any]] = []  # usage_per_choice: one per finished
 
     def choice(self, index: int) -> ChoiceState:
         state = self.choices.get(index)
@@ -120,13 +115,10 @@ class StreamTally:
         usage = chunk.get("usage")
         if usage:
             self.engine_usage = usage
-            if self._dialect.usage_per_choice:
-                self.choice_usages.append(usage)
-        prompt = self._dialect.chunk_prompt(chunk) if self._dialect.usage_per_choice else None
+        elif self.early_prompt is None:
+            self.early_prompt = self._dialect.chunk_prompt(chunk)
         for raw in chunk.get("choices") or ():
             state = self.choice(int(raw.get("index", 0)))
-            if prompt is not None:
-                state.prompt_tokens, state.cached_tokens = prompt
             delta = raw.get("delta")
             produced = False
             text = ""
@@ -167,45 +159,34 @@ class StreamTally:
     def counted_completion_tokens(self) -> int:
         return sum(c.tokens for c in self.choices.values())
 
-    def _reported_prompt(self) -> tuple[int, int | None, int]:
-        """(prompt tokens the engine reported, cached ones, prefills it did not report)."""
-        if self._dialect.usage_per_choice:  # each choice was prefilled on its own
-            known = [c for c in self.choices.values() if c.prompt_tokens is not None]
-            if len(self.choice_usages) > len(known):  # the engine gave no per-chunk figures
-                prompt = sum(int(u.get("prompt_tokens") or 0) for u in self.choice_usages)
-                cached = sum(_cached(u) or 0 for u in self.choice_usages)
-                return prompt, cached, max(0, self.expected_choices - len(self.choice_usages))
-            prompt = sum(c.prompt_tokens or 0 for c in known)
-            cached_known = sum(c.cached_tokens or 0 for c in known) if known else None
-            return prompt, cached_known, max(0, self.expected_choices - len(known))
+    def _reported_prompt(self) -> tuple[int, int | None]:
+        """(prompt tokens, cached ones) as the engine reported them; (0, None) if it did not.
+        One request's prompt is prefilled once, whatever its ``n`` (llama.cpp and vLLM share
+        it among the choices)."""
         engine = self.engine_usage or {}
-        prompt = int(engine.get("prompt_tokens") or 0)
-        return prompt, _cached(engine), 0 if prompt else 1
+        if engine.get("prompt_tokens"):
+            return int(engine["prompt_tokens"]), _cached(engine)
+        if self.early_prompt is not None:
+            return self.early_prompt
+        return 0, None
 
     def needs_prompt_count(self) -> bool:
-        """Whether the engine left prompt tokens unreported that nothing else here can tell
-        (an aborted call): then ``counted_prompt_tokens`` should be set before ``usage``."""
-        prompt, _, missing = self._reported_prompt()
-        per_choice_known = self._dialect.usage_per_choice and prompt > 0
-        return missing > 0 and not per_choice_known and self.counted_prompt_tokens is None
+        """Whether the engine left the prompt tokens unreported (an aborted call): then
+        ``counted_prompt_tokens`` should be set before ``usage``."""
+        return self._reported_prompt()[0] == 0 and self.counted_prompt_tokens is None
 
     def usage(self) -> Usage:
         """Usage of the whole request: the engine's where it is trustworthy, else our count.
-        Prefills the engine did not report are counted as one prefill of this prompt: a choice
-        whose sibling reported it (llama.cpp), else ``counted_prompt_tokens``, and marked as
-        estimated."""
+        A prompt the engine did not report is ``counted_prompt_tokens``, marked estimated."""
         engine = self.engine_usage or {}
         completion = self.counted_completion_tokens
         if self.completed and self._dialect.usage_counts_all_choices:
             if "completion_tokens" in engine:
                 completion = max(completion, int(engine["completion_tokens"]))
-        prompt, cached, missing = self._reported_prompt()
-        per_prefill = self.counted_prompt_tokens
-        if self._dialect.usage_per_choice and prompt:
-            per_prefill = prompt // max(1, self.expected_choices - missing)  # one prefill's
-        estimated = missing * (per_prefill or 0) if not self.completed or not prompt else 0
+        prompt, cached = self._reported_prompt()
+        estimated = 0 if prompt else (self.counted_prompt_tokens or 0)
         return Usage(
-            prompt_tokens=prompt + estimated,
+            prompt_tokens=prompt or estimated,
             completion_tokens=completion,
             cached_tokens=cached,
             estimated_prompt_tokens=estimated,

@@ -22,7 +22,7 @@ def _chunk(
 
 
 def test_tally_counts_each_choice_and_distrusts_partial_engine_usage() -> None:
-    tally = StreamTally(LlamaCppAdapter(), choices=2)
+    tally = StreamTally(LlamaCppAdapter())
     for chunk in [
         _chunk(0, None),
         _chunk(1, "a"),
@@ -84,3 +84,29 @@ async def test_sse_parser(newline: bytes) -> None:
             yield line + newline
 
     assert [event async for event in iter_sse_data(body())] == [b'{"a":1}', b"[DONE]"]
+
+
+def test_llamacpp_says_the_prompt_before_the_end_and_it_counts_once_for_n_choices() -> None:
+    """With ``timings_per_token`` every llama.cpp chunk carries prompt_n + cache_n; with
+    n=3 the prompt is prefilled once (as llamacpp:prompt_tokens_total counts it), and a stream
+    aborted before its usage chunks still bills it."""
+    tally = StreamTally(LlamaCppAdapter())
+    timings = {"prompt_n": 18, "cache_n": 24, "predicted_n": 1}
+    for index in (1, 2, 0):
+        tally.observe({**_chunk(index, "x"), "timings": timings})
+    usage = tally.usage()  # not completed: aborted here
+    assert (usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens) == (42, 24, 3)
+    assert usage.estimated_prompt_tokens == 0 and not tally.needs_prompt_count()
+
+
+def test_a_prompt_no_engine_reported_is_counted_and_marked_estimated() -> None:
+    tally = StreamTally(VllmAdapter())
+    tally.observe(_chunk(0, "a"))  # no continuous usage: aborted before the engine said
+    assert tally.needs_prompt_count()
+    tally.counted_prompt_tokens = 35
+    usage = tally.usage()
+    assert (usage.prompt_tokens, usage.estimated_prompt_tokens) == (35, 35)
+    assert not tally.needs_prompt_count()
+    reported = StreamTally(VllmAdapter())
+    reported.observe({**_chunk(0, "a"), "usage": {"prompt_tokens": 7, "completion_tokens": 1}})
+    assert not reported.needs_prompt_count() and reported.usage().estimated_prompt_tokens == 0
