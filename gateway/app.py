@@ -28,6 +28,7 @@ from gateway.proxy import Upstream
 from gateway.response_cache import ResponseCache
 from gateway.routes import GatewayState, SamplingFastLane, router
 from gateway.strategy_runner import StrategyRunner
+from strategies import REGISTRY
 
 log = logging.getLogger("ttc.app")
 
@@ -45,6 +46,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         [WorkerPool(p, settings.health, metrics, settings.circuit_breaker) for p in settings.pools]
     )
     metrics.add_collector(EngineCollector(pools.pools))
+    metrics.start_request_series(pools.models, list(REGISTRY))
     prices = load_price_book(settings.metering.prices_file)
     warn_unpriced(prices, pools.models, settings.metering.prices_file)
     meter = Meter(settings.metering, prices, pools, metrics)

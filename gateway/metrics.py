@@ -20,6 +20,7 @@ from prometheus_client import (
 from prometheus_client.registry import Collector
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+STATUSES_AT_START = ("200", "400", "429", "499", "500", "502", "503", "504")
 _LIVE_GAUGE_FILE = re.compile(r"^gauge_live\w+_(\d+)\.db$")
 
 LATENCY_BUCKETS = (
@@ -280,6 +281,17 @@ class GatewayMetrics:
             ["result"],
             registry=r,
         )
+
+    def start_request_series(self, models: list[str], strategies: list[str]) -> None:
+        """Create the request series of the usual statuses at 0, so that rate() and the
+        error-ratio panel and alert see a series' first request (a series that appears with
+        its first increment shows none: Prometheus has no earlier sample to compare with)."""
+        for model in models:
+            for strategy in strategies:
+                endpoints = ("chat", "completions") if strategy == "single" else ("chat",)
+                for endpoint in endpoints:
+                    for status in STATUSES_AT_START:
+                        self.requests.labels(strategy, model, endpoint, status)
 
     def add_collector(self, collector: Collector) -> None:
         """A collector whose figures are this process's view (not summed over processes)."""

@@ -204,3 +204,45 @@ def redis_server() -> Iterator[RedisServer]:
             yield server
         finally:
             server.kill()
+
+
+@contextlib.contextmanager
+def prometheus_server(rule_files: list[Path] | None = None) -> Iterator[tuple[str, Path]]:
+    """A real Prometheus (Debian's ``prometheus``) scraping every second the targets a test
+    writes into the yielded ``targets.json`` (file service discovery)."""
+    if shutil.which("prometheus") is None:
+        if os.environ.get("CI"):
+            raise RuntimeError("CI must install Debian's prometheus (see .ci/run)")
+        import pytest
+
+        pytest.skip("needs the prometheus server (apt install prometheus)")
+    port = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp)
+        targets = home / "targets.json"
+        targets.write_text("[]")
+        config = {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "rule_files": [str(f) for f in rule_files or ()],
+            "scrape_configs": [
+                {"job_name": "ttc-gateway", "file_sd_configs": [{"files": [str(targets)]}]}
+            ],
+        }
+        (home / "prometheus.yml").write_text(yaml.safe_dump(config))
+        with (home / "prometheus.log").open("wb") as log:
+            process = subprocess.Popen(
+                [
+                    "prometheus",
+                    f"--config.file={home / 'prometheus.yml'}",
+                    f"--storage.tsdb.path={home / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{port}",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+            url = f"http://127.0.0.1:{port}"
+            try:
+                wait_http_ok(url + "/-/ready", 60, process)
+                yield url, targets
+            finally:
+                stop_process(process)

@@ -13,8 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -26,7 +24,13 @@ import openai
 import pytest
 import yaml
 
-from tests.processes import free_port, gateway_cli, llamacpp_pool, stop_process, wait_http_ok
+from tests.processes import (
+    free_port,
+    gateway_cli,
+    llamacpp_pool,
+    prometheus_server,
+    wait_http_ok,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARDS = sorted((REPO / "deploy" / "grafana" / "dashboards").glob("*.json"))
@@ -41,12 +45,6 @@ PRICE = {  # USD per token of the test's model; burns > $50/hour, so TTCBudgetBu
     "cache_read_input_token_cost": 1e-4,
     "output_cost_per_token": 1.0,
 }
-
-if shutil.which("prometheus") is None:
-    if os.environ.get("CI"):
-        raise RuntimeError("CI must install Debian's prometheus (see .ci/run)")
-    pytest.skip("needs the prometheus server (apt install prometheus)", allow_module_level=True)
-
 
 def dashboard_queries() -> list[tuple[str, str]]:
     queries = []
@@ -70,36 +68,8 @@ def alert_queries() -> list[tuple[str, str]]:
 @pytest.fixture(scope="module")
 def prometheus() -> Iterator[tuple[str, Path]]:
     """A Prometheus server; the test writes its scrape targets into ``targets.json``."""
-    port = free_port()
-    with tempfile.TemporaryDirectory() as tmp:
-        home = Path(tmp)
-        targets = home / "targets.json"
-        targets.write_text("[]")
-        config = {
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "rule_files": [str(ALERTS)],
-            "scrape_configs": [
-                {"job_name": "ttc-gateway", "file_sd_configs": [{"files": [str(targets)]}]}
-            ],
-        }
-        (home / "prometheus.yml").write_text(yaml.safe_dump(config))
-        with (home / "prometheus.log").open("wb") as log:
-            process = subprocess.Popen(
-                [
-                    "prometheus",
-                    f"--config.file={home / 'prometheus.yml'}",
-                    f"--storage.tsdb.path={home / 'data'}",
-                    f"--web.listen-address=127.0.0.1:{port}",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-            url = f"http://127.0.0.1:{port}"
-            try:
-                wait_http_ok(url + "/-/ready", 60, process)
-                yield url, targets
-            finally:
-                stop_process(process)
+    with prometheus_server([ALERTS]) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
