@@ -24,14 +24,12 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from gateway.config import AuthConfig, SharedStateConfig
 from gateway.errors import GatewayError
 from gateway.metering import PriceBook
 from gateway.metrics import GatewayMetrics
-from gateway.protocol import prompt_token_bound
 from gateway.shared_state import (
     WINDOW_S,
     AdmitResult,
@@ -53,6 +51,8 @@ log = logging.getLogger("ttc.access")
 HAS_KEYS_TTL_S = 1.0  # how long "does any key exist" is remembered (auth.mode auto)
 KNOWN_KEYS = 10_000  # keys remembered for on_failure=open
 PENDING_SETTLEMENTS = 100_000  # settlements kept while Redis is down
+
+
 def open_store(auth: AuthConfig, state: SharedStateConfig) -> KeyStore:
     if state.redis_url:
         return RedisKeyStore(state.redis_url, state.timeout_s)

@@ -28,6 +28,7 @@ class EngineAdapter:
     # False when the engine's `usage.completion_tokens` covers only some choices of an n>1
     # request, so the gateway must count tokens from the stream itself.
     usage_counts_all_choices: ClassVar[bool] = True
+
     def chunk_prompt(self, chunk: dict[str, Any]) -> tuple[int, int] | None:
         """(prompt tokens, cached prompt tokens) of the request, from a content chunk of an
         engine that says them before its usage chunk; None when the chunk does not say."""
@@ -211,9 +212,9 @@ class LlamaCppAdapter(EngineAdapter):
             text, add_special = body["prompt"], True
         else:
             return None
-        tokens = (
-            await call.post("/tokenize", {"content": text, "add_special": add_special})
-        ).get("tokens")
+        tokens = (await call.post("/tokenize", {"content": text, "add_special": add_special})).get(
+            "tokens"
+        )
         return len(tokens) if isinstance(tokens, list) else None
 
 

@@ -307,9 +307,9 @@ class GatewayMetrics:
         for name in os.listdir(path):
             found = _LIVE_GAUGE_FILE.match(name)
             if found and not _alive(int(found.group(1))):
-                multiprocess.mark_process_dead(int(found.group(1)), path)
+                multiprocess.mark_process_dead(int(found.group(1)), path)  # type: ignore[no-untyped-call]
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry, path)
+        multiprocess.MultiProcessCollector(registry, path)  # type: ignore[no-untyped-call]
         for collector in self._collectors:
             registry.register(collector)
         return generate_latest(registry)

@@ -9,8 +9,9 @@ slot, so a step-wise strategy's calls reach the worker whose prefix cache holds 
 
 The upstream client is aiohttp rather than httpx: on this project's 2-core machines httpx's
 default transport reached 254 requests/s at 64 concurrent requests against 2,059 for aiohttp
-(measured with ``ttc-gateway bench overhead``), and the gateway's throughput target needs the latter. Keep-alive expiry
-stays below the engines' 5 s so a pooled connection is never reused just as the engine drops it.
+(measured with ``ttc-gateway bench overhead``), and the gateway's throughput target needs the
+latter. Keep-alive expiry stays below the engines' 5 s so a pooled connection is never reused
+just as the engine drops it.
 """
 
 from __future__ import annotations

@@ -154,8 +154,8 @@ def parse_request(model: type[R], body: Any, limits: LimitsConfig) -> R:
 
 __all__ = [
     "ChatCompletionRequest",
-    "prompt_token_bound",
     "CompletionRequest",
     "GatewayError",
     "parse_request",
+    "prompt_token_bound",
 ]

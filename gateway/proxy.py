@@ -34,8 +34,6 @@ from gateway.protocol import prompt_token_bound
 from gateway.sse import DONE, encode_done, encode_event, iter_sse_data
 from gateway.streams import StreamTally, Usage, assemble_chat_completion, assemble_text_completion
 
-
-
 log = logging.getLogger("ttc.proxy")
 
 JSON_HEADERS = {"Content-Type": "application/json"}
@@ -242,9 +240,7 @@ class Upstream:
                 # Cut before its answer: the prompt was prefilled (counted here); what it had
                 # generated is unknown without a stream.
                 tally = StreamTally(pool.adapter)
-                await asyncio.shield(
-                    self.count_unreported_prompt(pool, lease.worker, tally, body)
-                )
+                await asyncio.shield(self.count_unreported_prompt(pool, lease.worker, tally, body))
                 self.count_tokens(pool, lease.worker, ctx, tally.usage())
             raise self._translate(pool, lease.worker, exc, ctx) from None
         finally:
@@ -284,9 +280,7 @@ class Upstream:
             response.release()
             lease.release()
             if not broken:
-                await asyncio.shield(
-                    self.count_unreported_prompt(pool, lease.worker, tally, body)
-                )
+                await asyncio.shield(self.count_unreported_prompt(pool, lease.worker, tally, body))
             self.count_tokens(pool, lease.worker, ctx, tally.usage(), watch)
         if ctx.endpoint == "chat":
             return assemble_chat_completion(tally, pool.model)
@@ -404,7 +398,9 @@ class Upstream:
             return ModelPrice()
         return self.meter.prices.models.get(model) or ModelPrice()
 
-    async def count_prompt(self, pool: WorkerPool, ctx: RequestContext, body: dict[str, Any]) -> int:
+    async def count_prompt(
+        self, pool: WorkerPool, ctx: RequestContext, body: dict[str, Any]
+    ) -> int:
         """The prompt tokens of ``body`` before it is sent, by a worker's tokenizer, else the
         gateway's bound (``prompt_token_bound``)."""
         lease = pool.lease()

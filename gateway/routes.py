@@ -317,9 +317,7 @@ async def _sampling(request: Request, endpoint: str) -> Response:
         if parsed.stream:
             relay = await state.upstream.stream(pool, ctx, forward)
             streaming = True
-            return _stream_response(
-                request, state, relay, admission, ctx, model, endpoint, headers
-            )
+            return _stream_response(request, state, relay, admission, ctx, model, endpoint, headers)
         result = await cancel_on_disconnect(
             request.receive, state.upstream.complete(pool, ctx, forward, parsed.n)
         )

@@ -37,7 +37,7 @@ from gateway.pool import PoolRegistry, Worker, WorkerLease, WorkerPool
 from gateway.proxy import RequestContext, Upstream
 from gateway.sse import DONE, iter_sse_data
 from gateway.streams import StreamTally, Usage
-from strategies.sampling import BudgetExhausted, RoleName, SampleDelta, SampleRequest
+from strategies.sampling import BudgetExhausted, BudgetName, RoleName, SampleDelta, SampleRequest
 
 # Fields of the client's body that the sampler sets itself.
 _OWN_FIELDS = frozenset({"model", "messages", "prompt", "n", "stream", "stream_options", "ttc"})
@@ -58,7 +58,7 @@ class BudgetGuard:
     def remaining_s(self) -> float:
         return self.deadline - time.perf_counter()
 
-    def exhausted(self) -> str | None:
+    def exhausted(self) -> BudgetName | None:
         """The budget that has run out ("tokens", "cost"), or None."""
         if self.max_tokens_total is not None and self.tokens >= self.max_tokens_total:
             return "tokens"

@@ -180,9 +180,9 @@ class StreamTally:
         A prompt the engine did not report is ``counted_prompt_tokens``, marked estimated."""
         engine = self.engine_usage or {}
         completion = self.counted_completion_tokens
-        if self.completed and self._dialect.usage_counts_all_choices:
-            if "completion_tokens" in engine:
-                completion = max(completion, int(engine["completion_tokens"]))
+        trusted = self.completed and self._dialect.usage_counts_all_choices
+        if trusted and "completion_tokens" in engine:
+            completion = max(completion, int(engine["completion_tokens"]))
         prompt, cached = self._reported_prompt()
         estimated = 0 if prompt else (self.counted_prompt_tokens or 0)
         return Usage(

@@ -143,7 +143,8 @@ _RULES = (_last_boxed, _after_answer_is, _gsm8k_number, _bold_choice, _last_numb
 
 
 def extract_answer(text: str) -> str | None:
-    """The raw answer string in ``text`` (rule 2 of this module's docstring), or None if none parses.
+    """The raw answer string in ``text`` (rule 2 of this module's docstring), or None if none
+    parses.
 
     The rules are tried in order and the first non-empty answer wins. Apply it to
     ``answer_region(text)``; ``answer_key`` does both and normalises.
@@ -200,8 +201,8 @@ def _canonical_decimal(string: str) -> str:
 def normalize_answer(answer: str) -> str:
     """Canonical form of an extracted answer, for use as a vote key.
 
-    Qwen2.5-Math ``parser.py::strip_string`` step by step (rule 3 of this module's docstring), with these
-    differences, each because the vote key must not merge different answers:
+    Qwen2.5-Math ``parser.py::strip_string`` step by step (rule 3 of this module's docstring),
+    with these differences, each because the vote key must not merge different answers:
 
     - an enclosing ``\\boxed{...}`` is unwrapped first, so a boxed string and its content agree;
     - thousands commas (``1,000``) go, and whole numbers end as canonical decimals;

@@ -1,4 +1,5 @@
-"""``cascade``: small model first, defer to the large one when it is unsure (arXiv 2404.10136, 2310.03094).
+"""``cascade``: small model first, defer to the large one when it is unsure (arXiv 2404.10136,
+2310.03094).
 
 Two deferral rules over k samples of the ``small`` pool:
 

@@ -19,11 +19,14 @@ from typing import Any, Literal, Protocol
 RoleName = Literal["small", "large", "judge"]
 
 
-class BudgetExhausted(Exception):
-    """The request's deadline or token budget ran out; every sample has been cancelled.
-    Strategies catch it and answer with their best so far, marked as truncated."""
+BudgetName = Literal["deadline", "tokens", "cost"]
 
-    def __init__(self, reason: Literal["deadline", "tokens"]) -> None:
+
+class BudgetExhausted(Exception):
+    """The request's deadline, token total or cost cap ran out; every sample has been
+    cancelled. Strategies catch it and answer with their best so far, marked as truncated."""
+
+    def __init__(self, reason: BudgetName) -> None:
         super().__init__(f"budget exhausted: {reason}")
         self.reason = reason
 

@@ -2,7 +2,8 @@
 
 Votes are cast in finish order, so a tie goes to the answer whose first voter finished first:
 the shortest chain, which is short-m@k's tie rule and costs the others nothing (as
-lm-eval's and Qwen2.5-Math's ``Counter.most_common`` break ties). Unparseable answers do not vote; if nothing parsed, the first finished text is returned.
+lm-eval's and Qwen2.5-Math's ``Counter.most_common`` break ties). Unparseable answers do not
+vote; if nothing parsed, the first finished text is returned.
 """
 
 from __future__ import annotations

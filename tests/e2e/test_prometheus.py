@@ -46,6 +46,7 @@ PRICE = {  # USD per token of the test's model; burns > $50/hour, so TTCBudgetBu
     "output_cost_per_token": 1.0,
 }
 
+
 def dashboard_queries() -> list[tuple[str, str]]:
     queries = []
     for path in DASHBOARDS:

@@ -231,10 +231,18 @@ def _keys_file(directory: Path) -> Path:
     keys = KeyFile(directory / "keys.json")
     store = MemoryKeyStore(keys)
     records = [
-        KeyRecord("key-a", "A", hash_secret(KEYS["A"]), time.time(), limits=KeyLimits(budget_usd=5)),
-        KeyRecord("key-b", "B", hash_secret(KEYS["B"]), time.time(), limits=KeyLimits(budget_usd=5)),
-        KeyRecord("faults", "F", hash_secret(FAULTS_KEY), time.time(), limits=KeyLimits(budget_usd=5)),
-        KeyRecord("empty", "Z", hash_secret(EMPTY_KEY), time.time(), limits=KeyLimits(budget_usd=0)),
+        KeyRecord(
+            "key-a", "A", hash_secret(KEYS["A"]), time.time(), limits=KeyLimits(budget_usd=5)
+        ),
+        KeyRecord(
+            "key-b", "B", hash_secret(KEYS["B"]), time.time(), limits=KeyLimits(budget_usd=5)
+        ),
+        KeyRecord(
+            "faults", "F", hash_secret(FAULTS_KEY), time.time(), limits=KeyLimits(budget_usd=5)
+        ),
+        KeyRecord(
+            "empty", "Z", hash_secret(EMPTY_KEY), time.time(), limits=KeyLimits(budget_usd=0)
+        ),
     ]
     for record in records:
         asyncio.run(store.add(record))
@@ -311,7 +319,9 @@ def test_every_figure_reconciles(workers: list[tuple[str, subprocess.Popen[bytes
     assert spent["Z"] == 0
     # (c) the gateway's tokens against llama.cpp's counters, over the run up to the kill
     gateway_tokens, engine = report["gateway_tokens_before_kill"], report["engine_before_kill"]
-    engine_prompt = engine["llamacpp:prompt_tokens_total"] + engine["llamacpp:prompt_tokens_cached_total"]
+    engine_prompt = (
+        engine["llamacpp:prompt_tokens_total"] + engine["llamacpp:prompt_tokens_cached_total"]
+    )
     assert (
         gateway_tokens["prompt"] - gateway_tokens["estimated_prompt"]
         <= engine_prompt
@@ -439,7 +449,7 @@ async def _workload(
     tokens_before, cost_before = prometheus.tokens(), prometheus.cost()
 
     # -- clean phase ----------------------------------------------------------------------------
-    time.sleep(1.2)  # a scrape between the warm-up and the first request
+    await asyncio.sleep(1.2)  # a scrape between the warm-up and the first request
     start_clean = time.time()
     for i in range(2):
         key = "AB"[i % 2]
@@ -465,7 +475,7 @@ async def _workload(
     clean["ledger"] = clean_ledger
 
     # -- faulty phase ---------------------------------------------------------------------------
-    time.sleep(1.2)
+    await asyncio.sleep(1.2)
     start_faulty = time.time()
     before = Counter(expected)
     await client_error(400, temperature=5)

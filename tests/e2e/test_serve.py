@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import socket
 import subprocess
@@ -83,11 +84,22 @@ def test_a_port_in_use_is_an_error_and_never_announced_as_listening(
         taken.listen()
         port = taken.getsockname()[1]
         config = Path(tmp) / "gateway.yaml"
-        config.write_text(f"pools:\n  - {{name: llama, engine: llamacpp, model: m, workers: [{{url: '{worker}'}}]}}\n")
+        pool = {"name": "llama", "engine": "llamacpp", "model": "m", "workers": [{"url": worker}]}
+        config.write_text(json.dumps({"pools": [pool]}))  # JSON is YAML
         for workers in ("1", "2"):
             done = subprocess.run(
-                [sys.executable, "-m", "gateway", "serve", "--config", str(config),
-                 "--port", str(port), "--workers", workers],
+                [
+                    sys.executable,
+                    "-m",
+                    "gateway",
+                    "serve",
+                    "--config",
+                    str(config),
+                    "--port",
+                    str(port),
+                    "--workers",
+                    workers,
+                ],
                 capture_output=True,
                 text=True,
                 timeout=60,

@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 
 from gateway.access import AccessControl, PriceCeiling, redacted_url
-from gateway.protocol import prompt_token_bound
 from gateway.config import AuthConfig, SharedStateConfig
 from gateway.errors import GatewayError
 from gateway.metering import ModelPrice, PriceBook
 from gateway.metrics import GatewayMetrics
+from gateway.protocol import prompt_token_bound
 from gateway.shared_state import (
     AdmitResult,
     KeyLimits,

@@ -117,4 +117,6 @@ def test_the_gateway_configuration_loads_and_discovers_the_headless_service(
 
 
 def test_the_clusters_price_book_is_the_repository_one() -> None:
-    assert filecmp.cmp(K8S / "base" / "prices.yaml", REPO / "gateway" / "defaults" / "prices.yaml", False)
+    assert filecmp.cmp(
+        K8S / "base" / "prices.yaml", REPO / "gateway" / "defaults" / "prices.yaml", False
+    )
