@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import os
@@ -81,7 +82,8 @@ def serve(
                 http="httptools",
             )
             if server.workers == 1:
-                _Server(uvicorn_config).run()
+                with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C, re-raised by uvicorn
+                    _Server(uvicorn_config).run()
             else:
                 # Every process gets the resolved settings, and writes its metrics where
                 # /metrics (answered by any of them) sums them.
@@ -90,7 +92,8 @@ def serve(
                     os.environ[MULTIPROC_ENV] = metrics_dir
                     bound = uvicorn_config.bind_socket()  # before we say we listen
                     _log_listening(server.host, bound.getsockname()[1], server.workers)
-                    _supervisor(uvicorn_config, bound).run()
+                    with contextlib.suppress(KeyboardInterrupt):
+                        _supervisor(uvicorn_config, bound).run()
     except (RuntimeError, FileNotFoundError, OSError) as exc:
         log.error("%s", exc)
         raise typer.Exit(1) from None

@@ -31,7 +31,7 @@ from gateway.breaker import BreakerState, CircuitBreaker
 from gateway.config import CircuitBreakerConfig, HealthCheckConfig, PoolConfig, Role, WorkerConfig
 from gateway.energy import BusyClock
 from gateway.engine_metrics import EngineStats, scrape_engine
-from gateway.engines import EngineAdapter, adapter_for
+from gateway.engines import EngineAdapter, RenderCall, adapter_for
 from gateway.errors import GatewayError, model_not_found, overloaded
 from gateway.metrics import GatewayMetrics
 
@@ -244,6 +244,13 @@ class WorkerPool:
                 await job()
             except Exception:  # a bug here must not stop the next run
                 log.exception("%s of pool %s failed", what, self.name)
+
+    def engine_call(self, worker: Worker, timeout_s: float) -> RenderCall:
+        """A JSON call to one of this pool's workers beside generation (render a chat
+        template, count a prompt's tokens)."""
+        return RenderCall(
+            self.session, worker.url, self.auth_headers, self.upstream_model, timeout_s, worker.name
+        )
 
     @property
     def session(self) -> aiohttp.ClientSession:

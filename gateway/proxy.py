@@ -25,13 +25,12 @@ from typing import Any
 import aiohttp
 import orjson
 
-from gateway.engines import RenderCall
 from gateway.errors import GatewayError, bad_gateway, gateway_timeout
 from gateway.metering import Meter, ModelPrice, RequestMeter
 from gateway.metrics import GatewayMetrics
 from gateway.pool import Worker, WorkerLease, WorkerPool
 from gateway.protocol import prompt_token_bound
-from gateway.sse import DONE, encode_done, encode_event, iter_sse_data
+from gateway.sse import DONE, encode_done, encode_event, iter_sse_data, primed
 from gateway.streams import StreamTally, Usage, assemble_chat_completion, assemble_text_completion
 
 log = logging.getLogger("ttc.proxy")
@@ -120,6 +119,8 @@ class Upstream:
             sent = time.perf_counter()
             try:
                 async with asyncio.timeout(ctx.remaining_s()):
+                    # Cancelled while waiting (even just as the answer arrived), aiohttp
+                    # closes the connection itself.
                     response = await pool.session.post(
                         worker.url + ctx.path,
                         data=orjson.dumps(payload),
@@ -296,7 +297,9 @@ class Upstream:
         wants_continuous = bool(client_options.get("continuous_usage_stats"))
         upstream_body = {**body, "stream_options": {**client_options, "include_usage": True}}
         lease, response = await self.open(pool, ctx, upstream_body)
-        return self._relay(pool, ctx, lease, response, upstream_body, wants_usage, wants_continuous)
+        return await primed(
+            self._relay(pool, ctx, lease, response, upstream_body, wants_usage, wants_continuous)
+        )
 
     async def _relay(
         self,
@@ -314,6 +317,7 @@ class Upstream:
         ttft_recorded = False
         broken = False  # the worker failed: what it did is unknown, nothing is estimated
         try:
+            yield b""  # primed (``gateway.sse.primed``): the finally below always runs
             async with asyncio.timeout(ctx.remaining_s()):
                 async for data in iter_sse_data(response.content):
                     if data == DONE:
@@ -405,14 +409,8 @@ class Upstream:
         gateway's bound (``prompt_token_bound``)."""
         lease = pool.lease()
         try:
-            call = RenderCall(
-                pool.session,
-                lease.worker.url,
-                pool.auth_headers,
-                pool.upstream_model,
-                min(PROMPT_COUNT_TIMEOUT_S, max(ctx.remaining_s(), 0.001)),
-                lease.worker.name,
-            )
+            timeout_s = min(PROMPT_COUNT_TIMEOUT_S, max(ctx.remaining_s(), 0.001))
+            call = pool.engine_call(lease.worker, timeout_s)
             count = await pool.adapter.count_prompt_tokens(call, body)
         finally:
             lease.release()
@@ -428,15 +426,8 @@ class Upstream:
         if not tally.needs_prompt_count():
             return
         count: int | None = None
-        call = RenderCall(
-            pool.session,
-            worker.url,
-            pool.auth_headers,
-            pool.upstream_model,
-            PROMPT_COUNT_TIMEOUT_S,
-            worker.name,
-        )
         try:
+            call = pool.engine_call(worker, PROMPT_COUNT_TIMEOUT_S)
             count = await pool.adapter.count_prompt_tokens(call, body)
         except GatewayError as exc:
             log.warning("cannot count the prompt of an aborted call: %s", exc.message)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncGenerator
-from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -33,7 +32,7 @@ from gateway.protocol import (
 )
 from gateway.proxy import RequestContext, Upstream
 from gateway.response_cache import CachedAnswer, ResponseCache
-from gateway.sse import ClientDisconnected, DisconnectAwareStream, cancel_on_disconnect
+from gateway.sse import ClientDisconnected, DisconnectAwareStream, cancel_on_disconnect, primed
 from gateway.strategy_runner import StrategyRunner, cost_headers
 from strategies import (
     REGISTRY,
@@ -204,7 +203,7 @@ async def _run_strategy(
         )
     ctx.limit_deadline(budgets.deadline_ms)
     if body.get("stream"):
-        return _stream_response(
+        return await _stream_response(
             request,
             state,
             state.runner.stream(spec, params, budgets, body, ctx, model),
@@ -317,7 +316,9 @@ async def _sampling(request: Request, endpoint: str) -> Response:
         if parsed.stream:
             relay = await state.upstream.stream(pool, ctx, forward)
             streaming = True
-            return _stream_response(request, state, relay, admission, ctx, model, endpoint, headers)
+            return await _stream_response(
+                request, state, relay, admission, ctx, model, endpoint, headers
+            )
         result = await cancel_on_disconnect(
             request.receive, state.upstream.complete(pool, ctx, forward, parsed.n)
         )
@@ -355,7 +356,7 @@ def _count(state: GatewayState, ctx: RequestContext, model: str, endpoint: str) 
     )
 
 
-def _stream_response(
+async def _stream_response(
     request: Request,
     state: GatewayState,
     body: AsyncGenerator[bytes, None],
@@ -371,9 +372,9 @@ def _stream_response(
 
     async def finish_after(body: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
         try:
-            async with aclosing(body):
-                async for chunk in body:
-                    yield chunk
+            yield b""  # primed: settled and counted even if the client leaves before a chunk
+            async for chunk in body:
+                yield chunk
         except (asyncio.CancelledError, GeneratorExit):
             ctx.status = 499  # the client went away (or the server is shutting down)
             raise
@@ -381,12 +382,13 @@ def _stream_response(
             ctx.status = 500
             raise
         finally:
+            await body.aclose()
             request.scope["state"]["final_status"] = ctx.status
             await _settle(admission, ctx)
             _count(state, ctx, model, endpoint)
 
     return DisconnectAwareStream(
-        finish_after(body),
+        await primed(finish_after(body)),
         headers=headers,
         on_disconnect=lambda: state.metrics.client_disconnects.labels(model, endpoint).inc(),
     )

@@ -31,7 +31,6 @@ import aiohttp
 import orjson
 
 from gateway.config import Role
-from gateway.engines import RenderCall
 from gateway.metering import ModelPrice
 from gateway.pool import PoolRegistry, Worker, WorkerLease, WorkerPool
 from gateway.proxy import RequestContext, Upstream
@@ -183,8 +182,14 @@ class UpstreamBatch:
                 await self._close(stream)
 
     async def _close(self, stream: _Stream) -> None:
+        if await self._stop(stream):
+            await self._account(stream)
+
+    async def _stop(self, stream: _Stream) -> bool:
+        """Close one stream (the engine aborts it) and give its worker slot back; False if it
+        was closed already."""
         if stream.closed:
-            return
+            return False
         stream.closed = True
         if stream.reader is not None and not stream.reader.done():
             stream.reader.cancel()
@@ -196,6 +201,10 @@ class UpstreamBatch:
         else:
             await self.upstream.abort(stream.pool, stream.ctx, stream.lease.worker, stream.response)
         stream.lease.release()
+        return True
+
+    async def _account(self, stream: _Stream) -> None:
+        """Count a closed stream's tokens (its prompt too, if the engine never said it)."""
         if not stream.broken:
             await self.upstream.count_unreported_prompt(
                 stream.pool, stream.lease.worker, stream.tally, stream.body
@@ -204,9 +213,12 @@ class UpstreamBatch:
             stream.pool, stream.lease.worker, stream.ctx, stream.tally.usage(), stream.watch
         )
 
-    async def close(self) -> None:
-        for stream in self.streams:
-            await self._close(stream)
+    async def stop(self) -> list[_Stream]:
+        """Close every stream still open; return those this closed (to ``account`` for)."""
+        return [stream for stream in self.streams if await self._stop(stream)]
+
+    async def account(self, streams: list[_Stream]) -> None:
+        await asyncio.gather(*(self._account(stream) for stream in streams))
 
     def samples_aborted(self) -> int:
         return len(self.cancelled - self.finished)
@@ -243,13 +255,7 @@ class PoolSampler:
         pool = self._pool(role)
         lease = pool.lease()
         try:
-            call = RenderCall(
-                pool.session,
-                lease.worker.url,
-                pool.auth_headers,
-                pool.upstream_model,
-                self.guard.remaining_s(),
-            )
+            call = pool.engine_call(lease.worker, self.guard.remaining_s())
             return await pool.adapter.render_chat(call, messages)
         finally:
             lease.release()
@@ -330,9 +336,11 @@ class PoolSampler:
         return batch
 
     async def close(self) -> None:
-        """Abort whatever is still running (the strategy returned or was cancelled)."""
-        for batch in self.batches:
-            await batch.close()
+        """Abort whatever is still running (the strategy returned or was cancelled): every
+        stream first, then the bookkeeping, which may ask a worker to count a prompt (no
+        stream keeps generating while another's prompt is counted)."""
+        stopped = [(batch, await batch.stop()) for batch in self.batches]
+        await asyncio.gather(*(batch.account(streams) for batch, streams in stopped))
 
     def usage(self) -> Usage:
         return sum(

@@ -53,6 +53,16 @@ async def iter_sse_data(lines: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
         yield b"\n".join(parts)
 
 
+async def primed(body: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
+    """``body`` run to its first ``yield``, an empty priming chunk. An async generator that
+    never started runs no ``finally`` when it is closed: a client that leaves before the first
+    chunk would leak what ``body`` holds (an upstream response, a worker slot, a settlement).
+    Primed, its ``finally`` runs on ``aclose`` whatever happens."""
+    if await body.__anext__() != b"":
+        raise RuntimeError("a primed stream must yield b'' first")
+    return body
+
+
 async def wait_for_disconnect(receive: Receive) -> None:
     """Return when the ASGI server reports that the client went away."""
     while True:

@@ -35,6 +35,14 @@ def free_port() -> int:
         return port
 
 
+async def llamacpp_processing(http: Any, worker_url: str) -> float:
+    """llama.cpp's ``requests_processing`` gauge (an ``httpx.AsyncClient`` asks)."""
+    for line in (await http.get(worker_url + "/metrics")).text.splitlines():
+        if line.startswith("llamacpp:requests_processing"):
+            return float(line.split()[-1])
+    raise AssertionError("llamacpp:requests_processing not exported")
+
+
 def wait_http_ok(
     url: str, timeout_s: float, process: subprocess.Popen[bytes] | None = None
 ) -> None:

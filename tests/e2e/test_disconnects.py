@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.processes import gateway_cli, llamacpp_pool
+from tests.processes import gateway_cli, llamacpp_pool, llamacpp_processing
 
 pytestmark = pytest.mark.llamacpp
 
@@ -37,13 +37,6 @@ ROUNDS = 4  # 7 strategies x streamed or not x 4 = 56 tries
 SEED = 20261202
 IDLE_WITHIN_S = 1.0
 QUESTION = [{"role": "user", "content": "Count slowly from one to forty, one number a line."}]
-
-
-async def _processing(http: httpx.AsyncClient, worker: str) -> float:
-    for line in (await http.get(worker + "/metrics")).text.splitlines():
-        if line.startswith("llamacpp:requests_processing"):
-            return float(line.split()[-1])
-    raise AssertionError("llamacpp:requests_processing not exported")
 
 
 async def _leave_after(
@@ -96,7 +89,7 @@ def test_random_disconnects_leave_nothing_running(llamacpp: tuple[str, Any]) -> 
                         headers = {"X-TTC-Strategy": name, "X-Request-Id": f"try-{i}", **params}
                         await _leave_after(gateway, body, headers, delay)
                         left = time.monotonic()
-                        while await _processing(http, worker) > 0:
+                        while await llamacpp_processing(http, worker) > 0:
                             if time.monotonic() - left > IDLE_WITHIN_S:
                                 slow.append(f"try-{i} {name} stream={stream} after {delay:.2f}s")
                                 break
@@ -105,7 +98,7 @@ def test_random_disconnects_leave_nothing_running(llamacpp: tuple[str, Any]) -> 
                         # on the next request
                         deadline = time.monotonic() + 30
                         while time.monotonic() < deadline:
-                            if await _processing(http, worker) == 0:
+                            if await llamacpp_processing(http, worker) == 0:
                                 break
                             await asyncio.sleep(0.05)
                     ready = (await http.get(gateway + "/ready")).json()

@@ -10,7 +10,13 @@ import httpx
 import openai
 import pytest
 
-from tests.processes import gateway_cli, llamacpp_pool, llamacpp_worker, stop_process
+from tests.processes import (
+    gateway_cli,
+    llamacpp_pool,
+    llamacpp_processing,
+    llamacpp_worker,
+    stop_process,
+)
 
 pytestmark = pytest.mark.llamacpp
 
@@ -156,13 +162,6 @@ async def test_models_and_metrics(gateway_on_llamacpp: str, client: openai.Async
     assert "ttc_tokens_total" in text
 
 
-async def _llamacpp_processing(http: httpx.AsyncClient, worker_url: str) -> float:
-    for line in (await http.get(worker_url + "/metrics")).text.splitlines():
-        if line.startswith("llamacpp:requests_processing"):
-            return float(line.split()[-1])
-    raise AssertionError("llamacpp:requests_processing not exported")
-
-
 async def test_client_disconnect_aborts_the_generation(
     gateway_on_llamacpp: str, llamacpp: tuple[str, Any]
 ) -> None:
@@ -186,9 +185,9 @@ async def test_client_disconnect_aborts_the_generation(
             seen += line.startswith("data:")
             if seen >= 6:
                 break
-        assert await _llamacpp_processing(http, llamacpp[0]) >= 1
+        assert await llamacpp_processing(http, llamacpp[0]) >= 1
     deadline = time.monotonic() + 2.0
-    while await _llamacpp_processing(http, llamacpp[0]) > 0:
+    while await llamacpp_processing(http, llamacpp[0]) > 0:
         assert time.monotonic() < deadline, "llama.cpp still generating 2 s after the disconnect"
         await asyncio.sleep(0.05)
     await http.aclose()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
@@ -120,3 +121,32 @@ async def test_spec_reason_streams_kept_steps(client: openai.AsyncOpenAI) -> Non
     assert 1 <= len(steps) <= 3
     assert all(step["by"] in ("small", "large") for step in steps)
     assert len(pieces) >= len(steps)  # every kept step was sent as it was kept
+
+
+async def test_a_budget_that_stops_every_sample_still_bills_the_prompt(
+    client: openai.AsyncOpenAI, llamacpp: tuple[str, Any]
+) -> None:
+    """majority_vote k=4 with X-TTC-Max-Tokens-Total: 20 aborts every sample; its usage said
+    ``prompt_tokens: 0`` although llama.cpp prefilled the prompt."""
+    worker, _ = llamacpp
+    raw = await client.chat.completions.with_raw_response.create(
+        model="smollm2",
+        messages=QUESTION,
+        max_tokens=200,
+        extra_body={"ignore_eos": True},  # no sample can finish under the budget
+        extra_headers={
+            "X-TTC-Strategy": "majority_vote",
+            "X-TTC-K": "4",
+            "X-TTC-Max-Tokens-Total": "20",
+        },
+    )
+    answer = raw.parse()
+    report = (answer.model_extra or {})["ttc"]
+    assert report["truncated"] and report["samples"]["aborted"] == 4
+    async with httpx.AsyncClient(base_url=worker, timeout=10) as http:
+        prompt = (await http.post("/apply-template", json={"messages": QUESTION})).json()
+        tokens = (await http.post("/tokenize", json={"content": prompt["prompt"]})).json()
+    assert answer.usage is not None
+    assert answer.usage.prompt_tokens == len(tokens["tokens"])  # prefilled once for the 4
+    assert report["estimated_prompt_tokens"] == 0  # llama.cpp said it with the first token
+    assert 20 <= answer.usage.completion_tokens <= 20 + 4  # + the tokens in flight

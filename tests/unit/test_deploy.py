@@ -158,3 +158,8 @@ def test_the_image_can_read_every_energy_source_the_shipped_configs_name() -> No
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
     nvml = pyproject["project"]["optional-dependencies"]["nvml"]
     assert any(dep.startswith("nvidia-ml-py") for dep in nvml)
+
+
+def test_the_embedded_worker_runs_with_the_configured_threads() -> None:
+    assert command("python", 1, threads=2)[-2:] == ["--threads", "2"]
+    assert "--threads" not in command("python", 1)
