@@ -247,15 +247,14 @@ class Meter:
                     metrics.cost.labels(basis, model, strategy)
 
     # -- life cycle -------------------------------------------------------------------------
-    def _one_of_several_processes(self) -> bool:
+    def _share_with_other_processes(self) -> None:
         """With ``server.workers`` > 1 each process sees only its own requests, so none can
         split a worker's energy among all of them: one process (the first to lock the
         metrics folder's ``metering.lock``) reads the energy counters and exports the measured
-        totals and the machine cost, unsplit; no process attributes. Returns whether this
-        process is one of several."""
+        totals and the machine cost, unsplit; no process attributes."""
         path = multiprocess_dir()
         if path is None:
-            return False
+            return
         self.attributes = False
         lock = open(os.path.join(path, "metering.lock"), "w")  # noqa: SIM115 (held for life)
         try:
@@ -263,7 +262,7 @@ class Meter:
         except BlockingIOError:
             lock.close()
             self.measures = False
-            return True
+            return
         self._lock = lock
         log.warning(
             "server.workers > 1: energy and machine cost are measured per worker "
@@ -271,10 +270,9 @@ class Meter:
             "requests, and estimate sources are not read; answers report energy method "
             "'none'. Run one process per replica for per-request joules."
         )
-        return True
 
     async def start(self) -> None:
-        self._one_of_several_processes()
+        self._share_with_other_processes()
         if not self.measures:
             return
         self._session = aiohttp.ClientSession()

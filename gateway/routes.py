@@ -158,7 +158,7 @@ def select_strategy(
 
 def apply_budgets(budgets: Budgets, body: dict[str, Any], n: int, ctx: RequestContext) -> None:
     """Enforce what a pass-through can: the deadline, and a token total shared by the n
-    samples. (``max_cost_usd`` becomes a ``max_tokens`` in ``cap_cost``.)"""
+    samples. (``max_cost_usd`` is ``StrategyRunner.cost_cap``'s.)"""
     ctx.limit_deadline(budgets.deadline_ms)
     if budgets.max_tokens_total is not None:
         if budgets.max_tokens_total < n:
@@ -202,6 +202,10 @@ async def _run_strategy(
             param="n",
         )
     ctx.limit_deadline(budgets.deadline_ms)
+    if budgets.max_cost_usd is not None:
+        await state.runner.cost_cap(
+            state.pools.for_model(model), ctx, body, budgets.max_cost_usd, single=False
+        )
     if body.get("stream"):
         return await _stream_response(
             request,
@@ -289,8 +293,6 @@ async def _sampling(request: Request, endpoint: str) -> Response:
                     media_type="application/json",
                     headers={**cached.headers, "X-TTC-Cache": "hit"},
                 )
-        if budgets.max_cost_usd is not None:
-            await state.runner.cost_cap(pool, ctx, forward, budgets.max_cost_usd, spec.run is None)
         if spec.run is not None:
             response = await _run_strategy(
                 request,
@@ -310,6 +312,8 @@ async def _sampling(request: Request, endpoint: str) -> Response:
                 await _remember(state, cache_key, response)
             return response
         apply_budgets(budgets, forward, parsed.n, ctx)
+        if budgets.max_cost_usd is not None:
+            await state.runner.cost_cap(pool, ctx, forward, budgets.max_cost_usd, single=True)
         if ctx.cost_cap_tokens is not None:
             limit_max_tokens(forward, max(1, ctx.cost_cap_tokens // parsed.n))
         headers = {"X-TTC-Strategy": spec.name}

@@ -86,6 +86,7 @@ class StrategyRunner:
         ctx: RequestContext,
         body: dict[str, Any],
         max_cost_usd: float,
+        *,
         single: bool,
     ) -> None:
         """``X-TTC-Max-Cost-USD``, before anything is generated: 400 naming it when the prompt
@@ -153,6 +154,7 @@ class StrategyRunner:
         if counts["failed"] and not counts["finished"] and not outcome.truncated:
             # Nothing to answer from: the workers broke every sample (their tokens are
             # counted all the same).
+            self._count_samples(spec.name, counts)
             raise bad_gateway(
                 f"every sample of {spec.name} failed upstream ({counts['failed']} of "
                 f"{counts['launched']}): the worker broke the connection or the protocol"
@@ -184,8 +186,7 @@ class StrategyRunner:
         """The strategy's economics, as metrics."""
         m = self.metrics
         m.time_to_decision.labels(strategy, model).observe(report["time_to_decision_ms"] / 1000)
-        for outcome in ("finished", "aborted", "failed"):
-            m.samples.labels(strategy, outcome).inc(report["samples"][outcome])
+        self._count_samples(strategy, report["samples"])
         m.tokens.labels(strategy, model, "default", "wasted").inc(report["wasted_tokens"])
         decisions = report.get("decisions") or {}
         if "agreement" in decisions and report["votes"]:
@@ -196,6 +197,10 @@ class StrategyRunner:
             m.spec_reason_steps.labels("accepted").inc(decisions.get("accepted", 0))
             m.spec_reason_steps.labels("rejected").inc(decisions.get("rejected", 0))
         m.early_stop_saved_tokens.labels(strategy).inc(report["early_stop_saved_tokens"])
+
+    def _count_samples(self, strategy: str, counts: dict[str, int]) -> None:
+        for outcome in ("finished", "aborted", "failed"):
+            self.metrics.samples.labels(strategy, outcome).inc(counts[outcome])
 
     # -- answers ----------------------------------------------------------------------------
     @staticmethod
