@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
@@ -105,7 +106,9 @@ class StrategyRunner:
                 code="cost_cap_below_prompt",
             )
         if single and price.output_cost_per_token > 0:
-            ctx.cost_cap_tokens = int((max_cost_usd - prompt_usd) / price.output_cost_per_token)
+            # floor, with a hair of slack: 0.99999... of a token's price is one token
+            left = (max_cost_usd - prompt_usd) / price.output_cost_per_token
+            ctx.cost_cap_tokens = math.floor(left + 1e-6)
             if ctx.cost_cap_tokens < 1:
                 raise invalid_request(
                     f"after the prompt (${prompt_usd:.8g}) X-TTC-Max-Cost-USD "

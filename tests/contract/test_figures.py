@@ -195,6 +195,15 @@ async def test_max_cost_usd_caps_a_request(prices: MeteringConfig) -> None:
         sent = [r for r in worker.engine.requests if r.path == "/v1/chat/completions"][-1]
         assert sent.body["max_tokens"] == 5
         assert single.json()["ttc"]["cost"]["price_table_usd"] <= cap
+        # exactly one token's worth after the prompt buys one token (no rounding down to 0)
+        one = await gw.client.post(
+            "/v1/chat/completions",
+            json=chat_body(),
+            headers={"X-TTC-Max-Cost-USD": f"{prompt_usd + OUT:.12g}"},
+        )
+        assert one.status_code == 200, one.text
+        sent = [r for r in worker.engine.requests if r.path == "/v1/chat/completions"][-1]
+        assert sent.body["max_tokens"] == 1
         # a strategy stops once its samples' cost reaches the cap, answers, and says so
         cap = 30 * OUT
         vote = await gw.client.post(
