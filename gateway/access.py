@@ -199,7 +199,11 @@ class AccessControl:
         while no key is required, else only with ``auth.admin_token``."""
         secret = _bearer(authorization)
         admin = self.auth.admin_token
-        if admin is not None and secret is not None and hmac.compare_digest(secret, admin):
+        if (
+            admin is not None
+            and secret is not None
+            and hmac.compare_digest(secret.encode(), admin.encode())
+        ):
             return True
         if self.auth.mode == "off":
             return True

@@ -347,6 +347,15 @@ class GatewaySettings(BaseSettings):
     pools: list[PoolConfig] = Field(default_factory=_embedded_default_pool, min_length=1)
 
     @model_validator(mode="after")
+    def _keys_file_serves_one_process(self) -> GatewaySettings:
+        if self.server.workers > 1 and self.auth.keys_file and not self.state.redis_url:
+            raise ValueError(
+                "auth.keys_file keeps each key's limits and spending in one process; with "
+                "server.workers > 1 use Redis (state.redis_url or REDIS_URL)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _unique_names(self) -> GatewaySettings:
         names = [p.name for p in self.pools]
         if len(set(names)) != len(names):

@@ -339,8 +339,13 @@ class Meter:
             if work and name not in self.rates and name in self._workers
         ]
         if unvalued:
-            await asyncio.gather(*(self._close_interval(state) for state in unvalued))
+            await asyncio.gather(*(self._value(state) for state in unvalued))
         return request.report(self)
+
+    async def _value(self, state: _WorkerMeter) -> None:
+        async with state.closing:  # concurrent first answers close one interval, not several
+            if state.worker.name not in self.rates:
+                await self._close_interval_now(state)
 
     def request(self, model: str, strategy: str) -> RequestMeter:
         return RequestMeter(model, strategy)

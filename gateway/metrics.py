@@ -6,6 +6,7 @@ kind, role): never prompts, keys or request ids.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 
@@ -307,7 +308,8 @@ class GatewayMetrics:
         for name in os.listdir(path):
             found = _LIVE_GAUGE_FILE.match(name)
             if found and not _alive(int(found.group(1))):
-                multiprocess.mark_process_dead(int(found.group(1)), path)  # type: ignore[no-untyped-call]
+                with contextlib.suppress(FileNotFoundError):  # another scrape got there first
+                    multiprocess.mark_process_dead(int(found.group(1)), path)  # type: ignore[no-untyped-call]
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path)  # type: ignore[no-untyped-call]
         for collector in self._collectors:

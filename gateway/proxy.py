@@ -32,6 +32,7 @@ from gateway.pool import Worker, WorkerLease, WorkerPool
 from gateway.protocol import prompt_token_bound
 from gateway.sse import DONE, encode_done, encode_event, iter_sse_data, primed
 from gateway.streams import StreamTally, Usage, assemble_chat_completion, assemble_text_completion
+from gateway.tasks import finish_even_if_cancelled
 
 log = logging.getLogger("ttc.proxy")
 
@@ -56,7 +57,9 @@ class RequestContext:
     # The status the request ended with, for metrics and the access log: a stream is sent
     # with 200, then may end with an error event (its status here) or a client gone (499).
     status: int = 200
-    # X-TTC-Max-Cost-USD left for completion tokens after the prompt, in tokens (``single``)
+    # X-TTC-Max-Cost-USD: the prompt's tokens as a worker counted them, and what the rest of
+    # the cap pays for in generated tokens (``single``)
+    counted_prompt_tokens: int | None = None
     cost_cap_tokens: int | None = None
 
     def remaining_s(self) -> float:
@@ -139,9 +142,15 @@ class Upstream:
                 ) from None
             except BaseException as exc:
                 # The body may have reached the engine (cancelled or timed out while waiting
-                # for its answer): make sure it stops.
+                # for its answer; a non-streamed answer's headers come only when it is done):
+                # make sure it stops, and bill the prompt it prefilled.
                 lease.release()
                 await asyncio.shield(pool.adapter.abort(pool.session, worker.url, ctx.request_id))
+                if cut_by_gateway(exc):  # its prompt was prefilled; it generated unseen
+                    tally = StreamTally(pool.adapter)
+                    await finish_even_if_cancelled(
+                        self.account_call(pool, worker, ctx, tally, body)
+                    )
                 raise self._translate(pool, worker, exc, ctx) from None
             ctx.upstream_s += time.perf_counter() - sent
             if response.status >= 400:
@@ -237,12 +246,11 @@ class Upstream:
             pool.call_succeeded(lease.worker)
         except BaseException as exc:
             await self.abort(pool, ctx, lease.worker, response)
-            if cut_by_gateway(exc):
-                # Cut before its answer: the prompt was prefilled (counted here); what it had
-                # generated is unknown without a stream.
+            if cut_by_gateway(exc):  # its prompt was prefilled; it generated unseen
                 tally = StreamTally(pool.adapter)
-                await asyncio.shield(self.count_unreported_prompt(pool, lease.worker, tally, body))
-                self.count_tokens(pool, lease.worker, ctx, tally.usage())
+                await finish_even_if_cancelled(
+                    self.account_call(pool, lease.worker, ctx, tally, body)
+                )
             raise self._translate(pool, lease.worker, exc, ctx) from None
         finally:
             response.release()
@@ -280,9 +288,9 @@ class Upstream:
         finally:
             response.release()
             lease.release()
-            if not broken:
-                await asyncio.shield(self.count_unreported_prompt(pool, lease.worker, tally, body))
-            self.count_tokens(pool, lease.worker, ctx, tally.usage(), watch)
+            await finish_even_if_cancelled(
+                self.account_call(pool, lease.worker, ctx, tally, body, watch, estimate=not broken)
+            )
         if ctx.endpoint == "chat":
             return assemble_chat_completion(tally, pool.model)
         return assemble_text_completion(tally, pool.model)
@@ -332,7 +340,10 @@ class Upstream:
                             _error_message(data),
                         )
                         ctx.status = 502
+                        broken = True  # the worker failed: nothing of its work is estimated
+                        self.count_error(pool, worker, "protocol")
                         yield encode_event(chunk)
+                        yield encode_done()
                         return
                     tally.observe(chunk)
                     chunk["model"] = pool.model
@@ -380,9 +391,9 @@ class Upstream:
             else:
                 await self.abort(pool, ctx, worker, response)
             lease.release()
-            if not broken:
-                await asyncio.shield(self.count_unreported_prompt(pool, worker, tally, body))
-            self.count_tokens(pool, worker, ctx, tally.usage(), watch)
+            await finish_even_if_cancelled(
+                self.account_call(pool, worker, ctx, tally, body, watch, estimate=not broken)
+            )
 
     async def _consume(self, response: aiohttp.ClientResponse, tally: StreamTally) -> None:
         async for data in iter_sse_data(response.content):
@@ -396,6 +407,23 @@ class Upstream:
         raise aiohttp.ClientPayloadError("stream ended without [DONE]")
 
     # -- accounting -------------------------------------------------------------------------
+    async def account_call(
+        self,
+        pool: WorkerPool,
+        worker: Worker,
+        ctx: RequestContext,
+        tally: StreamTally,
+        body: dict[str, Any],
+        watch: object | None = None,
+        *,
+        estimate: bool = True,
+    ) -> None:
+        """One upstream call has ended: count its tokens, its prompt too if the engine never
+        said it (``estimate``: not for a call the worker broke, whose work is unknown)."""
+        if estimate:
+            await self._count_unreported_prompt(pool, worker, tally, body)
+        self.count_tokens(pool, worker, ctx, tally.usage(), watch)
+
     def price_of(self, model: str) -> ModelPrice:
         """The price book's price of ``model`` (free when it has none)."""
         if self.meter is None:
@@ -412,11 +440,14 @@ class Upstream:
             timeout_s = min(PROMPT_COUNT_TIMEOUT_S, max(ctx.remaining_s(), 0.001))
             call = pool.engine_call(lease.worker, timeout_s)
             count = await pool.adapter.count_prompt_tokens(call, body)
+        except GatewayError as exc:
+            log.warning("cannot count a prompt's tokens, bounding them: %s", exc.message)
+            count = None
         finally:
             lease.release()
         return count if count is not None else prompt_token_bound(body)
 
-    async def count_unreported_prompt(
+    async def _count_unreported_prompt(
         self, pool: WorkerPool, worker: Worker, tally: StreamTally, body: dict[str, Any]
     ) -> None:
         """A call that ended before its engine reported its prompt tokens (aborted, cut by a

@@ -313,9 +313,11 @@ async def _sampling(request: Request, endpoint: str) -> Response:
             return response
         apply_budgets(budgets, forward, parsed.n, ctx)
         if budgets.max_cost_usd is not None:
-            await state.runner.cost_cap(pool, ctx, forward, budgets.max_cost_usd, single=True)
+            await state.runner.cost_cap(
+                pool, ctx, forward, budgets.max_cost_usd, single=True, n=parsed.n
+            )
         if ctx.cost_cap_tokens is not None:
-            limit_max_tokens(forward, max(1, ctx.cost_cap_tokens // parsed.n))
+            limit_max_tokens(forward, ctx.cost_cap_tokens // parsed.n)
         headers = {"X-TTC-Strategy": spec.name}
         if parsed.stream:
             relay = await state.upstream.stream(pool, ctx, forward)
@@ -348,8 +350,10 @@ async def _sampling(request: Request, endpoint: str) -> Response:
         raise
     finally:
         if not streaming:
-            await _settle(admission, ctx)
-            _count(state, ctx, model, endpoint)
+            try:
+                await _settle(admission, ctx)
+            finally:
+                _count(state, ctx, model, endpoint)
 
 
 def _count(state: GatewayState, ctx: RequestContext, model: str, endpoint: str) -> None:
@@ -380,16 +384,19 @@ async def _stream_response(
             async for chunk in body:
                 yield chunk
         except (asyncio.CancelledError, GeneratorExit):
-            ctx.status = 499  # the client went away (or the server is shutting down)
+            if ctx.status == 200:  # not a stream that had already ended with an error event
+                ctx.status = 499  # the client went away (or the server is shutting down)
             raise
         except BaseException:
             ctx.status = 500
             raise
         finally:
-            await body.aclose()
-            request.scope["state"]["final_status"] = ctx.status
-            await _settle(admission, ctx)
-            _count(state, ctx, model, endpoint)
+            try:
+                await body.aclose()
+                await _settle(admission, ctx)
+            finally:
+                request.scope["state"]["final_status"] = ctx.status
+                _count(state, ctx, model, endpoint)
 
     return DisconnectAwareStream(
         await primed(finish_after(body)),

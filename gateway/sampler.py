@@ -21,7 +21,6 @@ delta; when one runs out every stream is aborted and ``BudgetExhausted`` is rais
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from gateway.pool import PoolRegistry, Worker, WorkerLease, WorkerPool
 from gateway.proxy import RequestContext, Upstream
 from gateway.sse import DONE, iter_sse_data
 from gateway.streams import StreamTally, Usage
+from gateway.tasks import finish_even_if_cancelled
 from strategies.sampling import BudgetExhausted, BudgetName, RoleName, SampleDelta, SampleRequest
 
 # Fields of the client's body that the sampler sets itself.
@@ -50,6 +50,9 @@ class BudgetGuard:
     deadline: float
     max_tokens_total: int | None = None
     max_cost_usd: float | None = None
+    # The client's prompt as a worker counted it: the prompt of a stream whose engine has not
+    # said it yet (vLLM says it with the first token, SGLang only at the end).
+    prompt_tokens: int = 0
     tokens: int = 0
     # Each upstream stream with its model's price, for the cost cap.
     priced: list[tuple[ModelPrice, StreamTally]] = field(default_factory=list)
@@ -62,7 +65,12 @@ class BudgetGuard:
         if self.max_tokens_total is not None and self.tokens >= self.max_tokens_total:
             return "tokens"
         if self.max_cost_usd is not None:
-            spent = sum(price.cost(tally.usage()) for price, tally in self.priced)
+            spent = 0.0
+            for price, tally in self.priced:
+                usage = tally.usage()
+                if not usage.prompt_tokens:
+                    usage = Usage(self.prompt_tokens, usage.completion_tokens)
+                spent += price.cost(usage)
             if spent >= self.max_cost_usd:
                 return "cost"
         return None
@@ -83,6 +91,7 @@ class _Stream:
     watch: object | None = None  # the meter's handle on this stream
     reader: asyncio.Task[None] | None = None
     closed: bool = False
+    accounted: bool = False  # its tokens are counted (once, however it was closed)
     broken: bool = False  # the worker failed it (nothing of its work is estimated)
 
 
@@ -177,48 +186,57 @@ class UpstreamBatch:
         samples is still wanted. Tokens already received stay counted."""
         targets = set(range(self.k)) if samples is None else set(samples)
         self.cancelled |= targets - self.finished
-        for stream in self.streams:
-            if not self._unfinished(stream):
-                await self._close(stream)
+        done = [stream for stream in self.streams if not self._unfinished(stream)]
+        await finish_even_if_cancelled(self._stop_then_account(done))
 
-    async def _close(self, stream: _Stream) -> None:
-        if await self._stop(stream):
-            await self._account(stream)
+    async def _stop_then_account(self, streams: list[_Stream]) -> None:
+        for stream in streams:
+            await self._stop(stream)
+        await self.account(streams)
 
-    async def _stop(self, stream: _Stream) -> bool:
-        """Close one stream (the engine aborts it) and give its worker slot back; False if it
-        was closed already."""
+    async def _stop(self, stream: _Stream) -> None:
+        """Close one stream (the engine aborts it) and give its worker slot back."""
         if stream.closed:
-            return False
+            return
         stream.closed = True
-        if stream.reader is not None and not stream.reader.done():
-            stream.reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await stream.reader
-        if stream.tally.completed:
-            stream.response.release()
-            stream.pool.call_succeeded(stream.lease.worker)
-        else:
-            await self.upstream.abort(stream.pool, stream.ctx, stream.lease.worker, stream.response)
-        stream.lease.release()
-        return True
+        try:
+            if stream.reader is not None and not stream.reader.done():
+                stream.reader.cancel()
+                await asyncio.gather(stream.reader, return_exceptions=True)
+            if stream.tally.completed:
+                stream.response.release()
+                stream.pool.call_succeeded(stream.lease.worker)
+            else:
+                await self.upstream.abort(
+                    stream.pool, stream.ctx, stream.lease.worker, stream.response
+                )
+        finally:
+            stream.lease.release()
 
     async def _account(self, stream: _Stream) -> None:
-        """Count a closed stream's tokens (its prompt too, if the engine never said it)."""
-        if not stream.broken:
-            await self.upstream.count_unreported_prompt(
-                stream.pool, stream.lease.worker, stream.tally, stream.body
-            )
-        self.upstream.count_tokens(
-            stream.pool, stream.lease.worker, stream.ctx, stream.tally.usage(), stream.watch
+        """Count a closed stream's tokens (its prompt too, if the engine never said it), once."""
+        if stream.accounted:
+            return
+        stream.accounted = True
+        await self.upstream.account_call(
+            stream.pool,
+            stream.lease.worker,
+            stream.ctx,
+            stream.tally,
+            stream.body,
+            stream.watch,
+            estimate=not stream.broken,
         )
 
-    async def stop(self) -> list[_Stream]:
-        """Close every stream still open; return those this closed (to ``account`` for)."""
-        return [stream for stream in self.streams if await self._stop(stream)]
+    async def stop(self) -> None:
+        """Close every stream still open."""
+        for stream in self.streams:
+            await self._stop(stream)
 
-    async def account(self, streams: list[_Stream]) -> None:
-        await asyncio.gather(*(self._account(stream) for stream in streams))
+    async def account(self, streams: list[_Stream] | None = None) -> None:
+        """Count every closed stream not counted yet (``streams``: these only)."""
+        chosen = self.streams if streams is None else streams
+        await asyncio.gather(*(self._account(s) for s in chosen if s.closed))
 
     def samples_aborted(self) -> int:
         return len(self.cancelled - self.finished)
@@ -339,8 +357,9 @@ class PoolSampler:
         """Abort whatever is still running (the strategy returned or was cancelled): every
         stream first, then the bookkeeping, which may ask a worker to count a prompt (no
         stream keeps generating while another's prompt is counted)."""
-        stopped = [(batch, await batch.stop()) for batch in self.batches]
-        await asyncio.gather(*(batch.account(streams) for batch, streams in stopped))
+        for batch in self.batches:
+            await batch.stop()
+        await asyncio.gather(*(batch.account() for batch in self.batches))
 
     def usage(self) -> Usage:
         return sum(

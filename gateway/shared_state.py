@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import secrets
@@ -44,6 +45,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+
+log = logging.getLogger("ttc.keys")
 
 KEY_PREFIX = "ttc-"
 NANO = 1_000_000_000
@@ -209,10 +212,15 @@ class KeyFile:
         return {str(k): int(v) for k, v in raw.get("spent_nusd", {}).items()}
 
     def save_spent(self, spent: dict[str, int]) -> None:
-        tmp = self.usage_path.with_name(self.usage_path.name + ".tmp")
-        tmp.write_text(json.dumps({"spent_nusd": spent}))
-        os.chmod(tmp, 0o600)
-        tmp.replace(self.usage_path)
+        """Write the spending (atomically); a folder that cannot be written is logged, never
+        an error for the request that settled (its spending stays in memory)."""
+        tmp = self.usage_path.with_name(f"{self.usage_path.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(json.dumps({"spent_nusd": spent}))
+            os.chmod(tmp, 0o600)
+            tmp.replace(self.usage_path)
+        except OSError as exc:
+            log.error("cannot keep key spending in %s: %s", self.usage_path, exc)
 
 
 def _record_from_json(item: dict[str, Any]) -> KeyRecord:

@@ -26,6 +26,7 @@ from gateway.proxy import RequestContext, Upstream
 from gateway.sampler import BudgetGuard, PoolSampler
 from gateway.sse import encode_comment, encode_done, encode_event
 from gateway.streams import Usage
+from gateway.tasks import finish_even_if_cancelled
 from strategies import Budgets, StrategyOutcome, StrategySpec, StrategyTask
 from strategies.answers import AnswerBuckets, SameAnswer
 from strategies.sampling import SampleRequest
@@ -89,6 +90,7 @@ class StrategyRunner:
         max_cost_usd: float,
         *,
         single: bool,
+        n: int = 1,
     ) -> None:
         """``X-TTC-Max-Cost-USD``, before anything is generated: 400 naming it when the prompt
         alone (counted by a worker's tokenizer, at the uncached input price) costs more; for
@@ -96,6 +98,7 @@ class StrategyRunner:
         becomes its ``max_tokens``). Strategies are stopped by ``BudgetGuard`` instead."""
         price = self.upstream.price_of(pool.model)
         prompt_tokens = await self.upstream.count_prompt(pool, ctx, body)
+        ctx.counted_prompt_tokens = prompt_tokens
         prompt_usd = prompt_tokens * price.input_cost_per_token
         if prompt_usd > max_cost_usd:
             raise invalid_request(
@@ -109,11 +112,12 @@ class StrategyRunner:
             # floor, with a hair of slack: 0.99999... of a token's price is one token
             left = (max_cost_usd - prompt_usd) / price.output_cost_per_token
             ctx.cost_cap_tokens = math.floor(left + 1e-6)
-            if ctx.cost_cap_tokens < 1:
+            if ctx.cost_cap_tokens < n:
                 raise invalid_request(
                     f"after the prompt (${prompt_usd:.8g}) X-TTC-Max-Cost-USD "
-                    f"(${max_cost_usd:g}) pays for no generated token "
-                    f"(${price.output_cost_per_token:g} each)",
+                    f"(${max_cost_usd:g}) pays for {ctx.cost_cap_tokens} generated tokens "
+                    f"(${price.output_cost_per_token:g} each), fewer than one for each of the "
+                    f"n={n} choices",
                     param="X-TTC-Max-Cost-USD",
                     code="cost_cap_below_prompt",
                 )
@@ -130,7 +134,10 @@ class StrategyRunner:
     ) -> StrategyResult:
         assert spec.run is not None
         guard = BudgetGuard(
-            ctx.arrived + ctx.deadline_s, budgets.max_tokens_total, budgets.max_cost_usd
+            ctx.arrived + ctx.deadline_s,
+            budgets.max_tokens_total,
+            budgets.max_cost_usd,
+            ctx.counted_prompt_tokens or 0,
         )
         sampler = PoolSampler(self.pools, self.upstream, ctx, model, guard)
         decision: dict[str, float] = {}
@@ -150,8 +157,8 @@ class StrategyRunner:
         )
         try:
             outcome = await spec.run(task)
-        finally:
-            await asyncio.shield(sampler.close())
+        finally:  # counted to the end before the request is settled, even if cancelled
+            await finish_even_if_cancelled(sampler.close())
         usage = sampler.usage()
         counts = sampler.sample_counts()
         if counts["failed"] and not counts["finished"] and not outcome.truncated:

@@ -8,6 +8,7 @@ nothing, spending forgotten on restart, errors that named a worker's address).
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -204,6 +205,13 @@ async def test_max_cost_usd_caps_a_request(prices: MeteringConfig) -> None:
         assert one.status_code == 200, one.text
         sent = [r for r in worker.engine.requests if r.path == "/v1/chat/completions"][-1]
         assert sent.body["max_tokens"] == 1
+        # ... but not one for each of n=2 choices: refused, not sent with a token each anyway
+        two = await gw.client.post(
+            "/v1/chat/completions",
+            json=chat_body(n=2),
+            headers={"X-TTC-Max-Cost-USD": f"{prompt_usd + OUT:.12g}"},
+        )
+        assert two.status_code == 400 and two.json()["error"]["param"] == "X-TTC-Max-Cost-USD"
         # a strategy stops once its samples' cost reaches the cap, answers, and says so
         cap = 30 * OUT
         vote = await gw.client.post(
@@ -258,6 +266,36 @@ async def test_a_key_s_spending_survives_a_restart_in_keys_file_mode(
             )
             assert again.status_code == 429 and refused >= 1
             assert again.json()["error"]["code"] == "insufficient_quota"
+
+
+async def test_a_spending_file_that_cannot_be_written_fails_no_request(
+    tmp_path: Path, prices: MeteringConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A keys file in a folder the gateway cannot write (a mounted Secret, say): the answer is
+    still 200 and counted, the key still charged in memory, and the failure is logged."""
+    keys = KeyFile(tmp_path / "keys.json")
+    await MemoryKeyStore(keys).add(KeyRecord("k1", "t", hash_secret("ttc-y"), time.time()))
+    # root writes anywhere: a folder where the temporary file goes makes the write fail
+    keys.usage_path.with_name(f"{keys.usage_path.name}.{os.getpid()}.tmp").mkdir()
+    async with (
+        serve_standin("vllm", Script.text(TEXT)) as worker,
+        serve_gateway(
+            pool_for("vllm", worker.url),
+            auth=AuthConfig(keys_file=str(keys.path)),
+            metering=prices,
+        ) as gw,
+    ):
+        with caplog.at_level(logging.ERROR, logger="ttc.keys"):
+            answer = await gw.client.post(
+                "/v1/chat/completions",
+                json=chat_body(max_tokens=3),
+                headers={"Authorization": "Bearer ttc-y"},
+            )
+        assert answer.status_code == 200
+        assert requests_by_status(gw) == {"200": 1}
+        assert any("cannot keep key spending" in r.getMessage() for r in caplog.records)
+        ((_, usage),) = await gw.app.state.gateway.access.store.records()
+        assert usage.spent_usd == pytest.approx(answer.json()["ttc"]["cost"]["price_table_usd"])
 
 
 async def test_ready_shows_workers_only_to_the_admin_while_keys_are_required(

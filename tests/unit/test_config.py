@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from gateway.config import ConfigError, GatewaySettings, Role, load_settings
 
@@ -65,3 +66,14 @@ def test_not_a_mapping(tmp_path: Path) -> None:
     path.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="must be a mapping"):
         load_settings(path)
+
+
+def test_a_keys_file_is_refused_with_several_processes_and_no_redis() -> None:
+    """Each process would keep its own limits and spending, and overwrite the others' file."""
+    with pytest.raises(ValidationError, match=r"auth\.keys_file keeps each key's limits"):
+        GatewaySettings(server={"workers": 2}, auth={"keys_file": "/tmp/keys.json"})
+    GatewaySettings(
+        server={"workers": 2},
+        auth={"keys_file": "/tmp/keys.json"},
+        state={"redis_url": "redis://127.0.0.1:6379/0"},
+    )

@@ -1,0 +1,26 @@
+"""Cleanup that must run to its end: counting what a request used after it was cancelled."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+async def finish_even_if_cancelled(work: Coroutine[Any, Any, T]) -> T:
+    """Await ``work`` to its end even if the calling task is cancelled meanwhile (a client that
+    leaves during the bookkeeping), then re-raise the cancellation. ``asyncio.shield`` alone
+    lets the caller go on while the work still runs: a key would be settled before the tokens
+    it paid for were counted."""
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        while not task.done():
+            try:
+                await asyncio.shield(task)
+            except asyncio.CancelledError:
+                continue  # bounded: the work has its own timeouts
+        raise
