@@ -37,7 +37,10 @@ from gateway.tasks import finish_even_if_cancelled
 log = logging.getLogger("ttc.proxy")
 
 JSON_HEADERS = {"Content-Type": "application/json"}
-PROMPT_COUNT_TIMEOUT_S = 2.0  # counting an aborted call's prompt; its deadline may be past
+PROMPT_COUNT_TIMEOUT_S = (
+    0.5  # counting an aborted call's prompt (a tokenizer answers in ms): a hung
+)
+# worker must not hold the client's error much past its deadline; then the prompt is bounded
 
 
 @dataclass

@@ -7,12 +7,15 @@ nothing, spending forgotten on restart, errors that named a worker's address).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from gateway.config import AuthConfig, EstimatedEnergy, MeteringConfig, WorkerConfig
@@ -338,3 +341,34 @@ async def test_the_first_answer_after_start_carries_its_energy() -> None:
             assert float(answer.headers["X-TTC-Energy-J"]) == pytest.approx(
                 ttc["energy_joules"], rel=1e-5
             )
+
+
+async def test_a_non_streamed_single_its_client_left_bills_the_prompt() -> None:
+    """The engine sends a non-streamed answer's headers only when it is done, so a client that
+    leaves cuts the call before any usage: its prompt was billed nothing. Now the worker's
+    tokenizer counts it (marked estimated); what it generated the gateway never saw."""
+    slow = Script(samples=[SampleScript(text=TEXT * 10, token_delay_s=0.05)])
+    async with (
+        serve_standin("vllm", slow) as worker,
+        serve_gateway(pool_for("vllm", worker.url)) as gw,
+    ):
+        with contextlib.suppress(httpx.TimeoutException):
+            await gw.client.post("/v1/chat/completions", json=chat_body(), timeout=0.3)
+        for _ in range(100):
+            if requests_by_status(gw).get("499"):
+                break
+            await asyncio.sleep(0.02)
+        assert requests_by_status(gw) == {"499": 1}
+        rendered = (
+            await gw.client.post(
+                worker.url + "/tokenize",
+                json={"model": "engine-model", "messages": chat_body()["messages"]},
+            )
+        ).json()["count"]
+        registry = gw.app.state.gateway.metrics.registry
+        labels = {"strategy": "single", "model": PUBLIC_MODEL, "role": "default"}
+        prompt = registry.get_sample_value("ttc_tokens_total", {**labels, "kind": "prompt"})
+        estimated = registry.get_sample_value(
+            "ttc_tokens_total", {**labels, "kind": "estimated_prompt"}
+        )
+        assert prompt == estimated == rendered

@@ -523,7 +523,6 @@ async def _workload(
         auth = {"Authorization": f"Bearer {FAULTS_KEY}"}
         for headers, stream, wait in (
             ({}, True, 0.6),
-            ({}, False, 0.6),  # a non-streamed single: its prompt is billed (estimated)
             ({"X-TTC-Strategy": "majority_vote", "X-TTC-K": "3"}, False, 0.8),
             ({"X-TTC-Strategy": "first_finish", "X-TTC-K": "3"}, True, 0.5),
         ):
