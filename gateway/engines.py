@@ -24,7 +24,6 @@ class EngineAdapter:
 
     kind: ClassVar[EngineKind] = EngineKind.OPENAI
     health_path: ClassVar[str] = "/v1/models"
-    metrics_path: ClassVar[str | None] = None
     # False when the engine's `usage.completion_tokens` covers only some choices of an n>1
     # request, so the gateway must count tokens from the stream itself.
     usage_counts_all_choices: ClassVar[bool] = True
@@ -110,7 +109,6 @@ class VllmAdapter(EngineAdapter):
 
     kind = EngineKind.VLLM
     health_path = "/health"
-    metrics_path = "/metrics"
 
     def prepare(self, body: dict[str, Any], upstream_model: str, request_id: str) -> dict[str, Any]:
         body = super().prepare(body, upstream_model, request_id)
@@ -153,7 +151,6 @@ class SglangAdapter(EngineAdapter):
 
     kind = EngineKind.SGLANG
     health_path = "/health"
-    metrics_path = "/metrics"
 
     def prepare(self, body: dict[str, Any], upstream_model: str, request_id: str) -> dict[str, Any]:
         body = super().prepare(body, upstream_model, request_id)
@@ -182,7 +179,6 @@ class LlamaCppAdapter(EngineAdapter):
 
     kind = EngineKind.LLAMACPP
     health_path = "/health"
-    metrics_path = "/metrics"
     usage_counts_all_choices = False
 
     def prepare(self, body: dict[str, Any], upstream_model: str, request_id: str) -> dict[str, Any]:

@@ -23,7 +23,6 @@ import logging
 import math
 import socket
 from collections.abc import Awaitable, Callable, Iterable
-from types import TracebackType
 
 import aiohttp
 
@@ -110,17 +109,6 @@ class WorkerLease:
         if not self._released:
             self._released = True
             self._pool._release(self)
-
-    async def __aenter__(self) -> WorkerLease:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.release()
 
 
 class WorkerPool:

@@ -4,7 +4,7 @@ Placement: the k samples of a batch go to ONE worker as one streaming request wi
 engine prefills the prompt once and shares its KV blocks among the samples), split over several
 workers only when load requires it: the workers declare ``max_sequences`` and the one with the
 most free sequences cannot take all k (``WorkerPool.plan``); one request per sample only when
-the strategy must cancel samples one at a time or the pool's engine ignores ``n``. Each
+the pool's engine ignores ``n`` (``supports_n: false``). Each
 upstream stream is read by its own task into one queue, so a strategy sees a single
 merged stream of per-sample deltas.
 
@@ -283,8 +283,6 @@ class PoolSampler:
         request: SampleRequest,
         k: int,
         role: RoleName | None = None,
-        *,
-        independent: bool = False,
     ) -> UpstreamBatch:
         pool = self._pool(role)
         sticky = (pool.name, request.sticky_key) if request.sticky_key is not None else None
@@ -298,7 +296,7 @@ class PoolSampler:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
         parts: list[tuple[Worker | None, int]]
-        if independent or not pool.config.supports_n:
+        if not pool.config.supports_n:
             parts = [(None, 1)] * k
         elif sticky is not None:
             parts = [(None, k)]  # the sticky worker's prefix cache matters more

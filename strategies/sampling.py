@@ -81,11 +81,8 @@ class Sampler(Protocol):
         request: SampleRequest,
         k: int,
         role: RoleName | None = None,
-        *,
-        independent: bool = False,
     ) -> SampleBatch:
-        """Launch ``k`` samples. ``independent=True`` asks for one upstream request per sample,
-        for strategies that must cancel samples one at a time."""
+        """Launch ``k`` samples."""
         ...
 
     async def render_chat(

@@ -88,8 +88,6 @@ class RoleSampler:
         request: SampleRequest,
         k: int,
         role: RoleName | None = None,
-        *,
-        independent: bool = False,
     ) -> ScriptedBatch:
         self.calls.append(Call(role, k, request))
         if role == "judge":

@@ -77,8 +77,6 @@ class StepSampler:
         request: SampleRequest,
         k: int,
         role: RoleName | None = None,
-        *,
-        independent: bool = False,
     ) -> OneShot:
         assert request.prompt is not None and k == 1
         self.calls.append((str(role), request.prompt, request.params, request.sticky_key))
