@@ -25,6 +25,7 @@ engine_log = logging.getLogger("ttc.embedded.llamacpp")
 
 
 def free_port() -> int:
+    """A loopback port free right now (the engine, the tests' and benchmarks' servers)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]

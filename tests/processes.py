@@ -23,16 +23,10 @@ from typing import Any
 
 import yaml
 
+from gateway.embedded import free_port
 from gateway.llamacpp_worker import command
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def llamacpp_processing(http: Any, worker_url: str) -> float:

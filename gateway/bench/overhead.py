@@ -23,7 +23,6 @@ import secrets
 import shlex
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+from gateway.embedded import free_port
 
 # Where `ttc-gateway bench` runs from a wheel as from a checkout: nothing here is read relative
 # to the repository. The git revision is the package folder's (none for an installed wheel).
@@ -67,13 +68,6 @@ def _gateway_key(workers: int) -> str:
 
 
 # -- child processes ---------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 class BenchError(Exception):
     """The benchmark cannot go on; the message says why."""
 

@@ -39,10 +39,10 @@ from gateway.bench.overhead import (
     _command_line,
     _cpu_model,
     _git_revision,
-    free_port,
     percentile,
     run_bench,
 )
+from gateway.embedded import free_port
 
 MODEL = "soak-model"
 REQUEST_TIMEOUT_S = 60.0

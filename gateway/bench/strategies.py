@@ -58,11 +58,11 @@ from gateway.bench.overhead import (
     _cpu_model,
     _git_revision,
     _version,
-    free_port,
     percentile,
     run_bench,
     settle,
 )
+from gateway.embedded import free_port
 from strategies.answers import answer_key, gsm8k_gold, normalize_answer
 
 # GSM8K's test set (MIT licence, gateway/bench/data/gsm8k_LICENSE), shipped in the package.
