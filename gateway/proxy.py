@@ -64,6 +64,11 @@ class RequestContext:
     # the cap pays for in generated tokens (``single``)
     counted_prompt_tokens: int | None = None
     cost_cap_tokens: int | None = None
+    # Calls cut before their answer (their prompt is billed once the request has stopped, so
+    # counting it never keeps other calls running): (pool, worker, the call's context, body).
+    cut_calls: list[tuple[WorkerPool, Worker, RequestContext, dict[str, Any]]] = field(
+        default_factory=list
+    )
 
     def remaining_s(self) -> float:
         return self.deadline_s - (time.perf_counter() - self.arrived)
@@ -150,10 +155,7 @@ class Upstream:
                 lease.release()
                 await asyncio.shield(pool.adapter.abort(pool.session, worker.url, ctx.request_id))
                 if cut_by_gateway(exc):  # its prompt was prefilled; it generated unseen
-                    tally = StreamTally(pool.adapter)
-                    await finish_even_if_cancelled(
-                        self.account_call(pool, worker, ctx, tally, body)
-                    )
+                    ctx.cut_calls.append((pool, worker, ctx, body))
                 raise self._translate(pool, worker, exc, ctx) from None
             ctx.upstream_s += time.perf_counter() - sent
             if response.status >= 400:
@@ -250,10 +252,7 @@ class Upstream:
         except BaseException as exc:
             await self.abort(pool, ctx, lease.worker, response)
             if cut_by_gateway(exc):  # its prompt was prefilled; it generated unseen
-                tally = StreamTally(pool.adapter)
-                await finish_even_if_cancelled(
-                    self.account_call(pool, lease.worker, ctx, tally, body)
-                )
+                ctx.cut_calls.append((pool, lease.worker, ctx, body))
             raise self._translate(pool, lease.worker, exc, ctx) from None
         finally:
             response.release()
@@ -410,6 +409,17 @@ class Upstream:
         raise aiohttp.ClientPayloadError("stream ended without [DONE]")
 
     # -- accounting -------------------------------------------------------------------------
+    async def bill_cut_calls(self, ctx: RequestContext) -> None:
+        """Bill the prompts of the request's calls that were cut before their answer (counted
+        by the workers' tokenizers, marked estimated). Called once the request has stopped."""
+        cut, ctx.cut_calls[:] = list(ctx.cut_calls), []
+        await asyncio.gather(
+            *(
+                self.account_call(pool, worker, call, StreamTally(pool.adapter), body)
+                for pool, worker, call, body in cut
+            )
+        )
+
     async def account_call(
         self,
         pool: WorkerPool,

@@ -34,6 +34,7 @@ from gateway.proxy import RequestContext, Upstream
 from gateway.response_cache import CachedAnswer, ResponseCache
 from gateway.sse import ClientDisconnected, DisconnectAwareStream, cancel_on_disconnect, primed
 from gateway.strategy_runner import StrategyRunner, cost_headers
+from gateway.tasks import finish_even_if_cancelled
 from strategies import (
     REGISTRY,
     Budgets,
@@ -351,6 +352,7 @@ async def _sampling(request: Request, endpoint: str) -> Response:
     finally:
         if not streaming:
             try:
+                await finish_even_if_cancelled(state.upstream.bill_cut_calls(ctx))
                 await _settle(admission, ctx)
             finally:
                 _count(state, ctx, model, endpoint)
@@ -393,6 +395,7 @@ async def _stream_response(
         finally:
             try:
                 await body.aclose()
+                await finish_even_if_cancelled(state.upstream.bill_cut_calls(ctx))
                 await _settle(admission, ctx)
             finally:
                 request.scope["state"]["final_status"] = ctx.status

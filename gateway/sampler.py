@@ -315,6 +315,7 @@ class PoolSampler:
                     deadline_s=self.ctx.deadline_s,
                     client_deadline_ms=self.ctx.client_deadline_ms,
                     meter=self.ctx.meter,
+                    cut_calls=self.ctx.cut_calls,  # billed with the request's
                     role=role or "default",
                 )
                 lease, response = await self.upstream.open(
