@@ -451,13 +451,22 @@ class Upstream:
         lease = pool.lease()
         try:
             timeout_s = min(PROMPT_COUNT_TIMEOUT_S, max(ctx.remaining_s(), 0.001))
-            call = pool.engine_call(lease.worker, timeout_s)
-            count = await pool.adapter.count_prompt_tokens(call, body)
+            return await self._tokenize_or_bound(pool, lease.worker, body, timeout_s)
+        finally:
+            lease.release()
+
+    async def _tokenize_or_bound(
+        self, pool: WorkerPool, worker: Worker, body: dict[str, Any], timeout_s: float
+    ) -> int:
+        """``body``'s prompt tokens by ``worker``'s tokenizer; the gateway's bound
+        (``prompt_token_bound``) when the engine cannot count them or the call fails."""
+        try:
+            count = await pool.adapter.count_prompt_tokens(
+                pool.engine_call(worker, timeout_s), body
+            )
         except GatewayError as exc:
             log.warning("cannot count a prompt's tokens, bounding them: %s", exc.message)
             count = None
-        finally:
-            lease.release()
         return count if count is not None else prompt_token_bound(body)
 
     async def _count_unreported_prompt(
@@ -467,15 +476,10 @@ class Upstream:
         deadline or budget, the client gone) still made the engine prefill them: count them
         with the engine's own tokenizer, or, for an engine that cannot, bound them
         (``prompt_token_bound``). Either way ``Usage.estimated_prompt_tokens`` says so."""
-        if not tally.needs_prompt_count():
-            return
-        count: int | None = None
-        try:
-            call = pool.engine_call(worker, PROMPT_COUNT_TIMEOUT_S)
-            count = await pool.adapter.count_prompt_tokens(call, body)
-        except GatewayError as exc:
-            log.warning("cannot count the prompt of an aborted call: %s", exc.message)
-        tally.counted_prompt_tokens = count if count is not None else prompt_token_bound(body)
+        if tally.needs_prompt_count():
+            tally.counted_prompt_tokens = await self._tokenize_or_bound(
+                pool, worker, body, PROMPT_COUNT_TIMEOUT_S
+            )
 
     def watch(self, worker: Worker, ctx: RequestContext, tally: StreamTally) -> object | None:
         """Let the meter follow a live stream's tokens (energy is split by token work)."""

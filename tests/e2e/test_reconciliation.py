@@ -150,25 +150,25 @@ class Prometheus:
     def __init__(self, url: str) -> None:
         self.url = url
 
-    def value(self, query: str, at: float | None = None) -> float:
+    def query(self, query: str, at: float | None = None) -> list[dict[str, Any]]:
+        """The result list of an instant query (``at``: evaluation time)."""
         params: dict[str, Any] = {"query": query}
         if at is not None:
             params["time"] = at
         answer = httpx.get(self.url + "/api/v1/query", params=params, timeout=10).json()
         assert answer["status"] == "success", answer
-        result = answer["data"]["result"]
+        result: list[dict[str, Any]] = answer["data"]["result"]
+        return result
+
+    def value(self, query: str, at: float | None = None) -> float:
+        result = self.query(query, at)
         return float(result[0]["value"][1]) if result else 0.0
 
     def statuses(self) -> Counter[str]:
-        answer = httpx.get(
-            self.url + "/api/v1/query",
-            params={"query": "sum by (status) (ttc_requests_total)"},
-            timeout=10,
-        ).json()
         return Counter(
             {
                 r["metric"]["status"]: int(float(r["value"][1]))
-                for r in answer["data"]["result"]
+                for r in self.query("sum by (status) (ttc_requests_total)")
                 if float(r["value"][1])
             }
         )
@@ -190,25 +190,15 @@ class Prometheus:
     def wait_scraping(self) -> None:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            answer = httpx.get(
-                self.url + "/api/v1/query",
-                params={"query": 'count_over_time(up{job="ttc-gateway"}[1m])'},
-                timeout=10,
-            ).json()
-            result = answer["data"]["result"]
-            if result and float(result[0]["value"][1]) >= 2:
+            if self.value('count_over_time(up{job="ttc-gateway"}[1m])') >= 2:
                 return
             time.sleep(0.5)
         raise AssertionError("Prometheus is not scraping the gateway")
 
     def scrapes(self) -> list[float]:
         """The times of the gateway's last minute of scrapes."""
-        answer = httpx.get(
-            self.url + "/api/v1/query",
-            params={"query": 'up{job="ttc-gateway"}[1m]'},
-            timeout=10,
-        ).json()
-        return [float(t) for t, _ in answer["data"]["result"][0]["values"]]
+        (series,) = self.query('up{job="ttc-gateway"}[1m]')
+        return [float(t) for t, _ in series["values"]]
 
     def ratio_over(self, query: str, started: float) -> float:
         """``query`` (a dashboard's, with ``$__rate_interval``) over the window from the last
