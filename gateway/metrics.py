@@ -146,7 +146,7 @@ class GatewayMetrics:
             ["strategy"],
             registry=r,
         )
-        # -- cost and energy (gateway/metering.py) --
+        # -- cost and energy (gateway/metering/meter.py) --
         self.cost = Counter(
             "ttc_cost_usd",
             "Cost attributed to requests, by basis: price_table (per-token prices) or "

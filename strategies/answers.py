@@ -21,7 +21,7 @@ As Qwen2.5-Math's and lm-eval's graders do it:
    ``Counter.most_common`` tie-break, which in finish order is short-m@k's "shortest chain").
 5. ``AnswerBuckets``: optional equivalence that merges vote buckets: ``answers_equivalent``
    (numbers within ``rel_tol=1e-4``, Qwen ``math_equal``) or a ``SameAnswer`` of the caller's,
-   such as the gateway's math-verify check (``gateway.equivalence``).
+   such as the gateway's math-verify check (``gateway.pipeline.equivalence``).
 
 Pure standard library: ``math_verify_equivalent`` imports ``math_verify`` when it is called.
 """
@@ -407,7 +407,7 @@ def answers_equivalent(a: str, b: str) -> bool:
 def math_verify_equivalent(a: str, b: str) -> bool:
     """``verify(a, b) or verify(b, a)`` (math-verify is not symmetric). Slow (sympy) and
     possibly unbounded: the gateway runs it only in a worker process it can kill
-    (``gateway.equivalence``).
+    (``gateway.pipeline.equivalence``).
 
     Both of math-verify's timeouts are off (``None``): they use ``signal.alarm``, which only
     works in a main thread; the caller enforces the timeout instead.

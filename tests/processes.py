@@ -23,8 +23,8 @@ from typing import Any
 
 import yaml
 
-from gateway.embedded import free_port
-from gateway.llamacpp_worker import command
+from gateway.engines.embedded import free_port
+from gateway.engines.llamacpp_worker import command
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -17,9 +17,9 @@ import httpx
 import orjson
 from fastapi import FastAPI
 
-from gateway.app import create_app
 from gateway.config import EngineKind, GatewaySettings, HealthCheckConfig, PoolConfig, WorkerConfig
-from gateway.standin import serve_asgi
+from gateway.http.app import create_app
+from tests.standin import serve_asgi
 
 PUBLIC_MODEL = "public-model"
 ENGINE_MODEL = "engine-model"

@@ -37,7 +37,7 @@ from typing import Annotated, Any
 
 import typer
 
-from gateway.embedded import free_port
+from gateway.engines.embedded import free_port
 
 # Where `ttc-gateway bench` runs from a wheel as from a checkout: nothing here is read relative
 # to the repository. The git revision is the package folder's (none for an installed wheel).

@@ -42,7 +42,7 @@ from gateway.bench.overhead import (
     percentile,
     run_bench,
 )
-from gateway.embedded import free_port
+from gateway.engines.embedded import free_port
 
 MODEL = "soak-model"
 REQUEST_TIMEOUT_S = 60.0

@@ -62,7 +62,7 @@ from gateway.bench.overhead import (
     run_bench,
     settle,
 )
-from gateway.embedded import free_port
+from gateway.engines.embedded import free_port
 from strategies.answers import answer_key, gsm8k_gold, normalize_answer
 
 # GSM8K's test set (MIT licence, gateway/bench/data/gsm8k_LICENSE), shipped in the package.

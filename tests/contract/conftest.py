@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gateway.standin import RunningStandin, serve_standin
+from tests.standin import RunningStandin, serve_standin
 
 
 @pytest.fixture

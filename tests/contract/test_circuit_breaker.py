@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from gateway.config import CircuitBreakerConfig
-from gateway.standin import Script, serve_standin
+from tests.standin import Script, serve_standin
 from tests.standin_fixtures import chat_body, pool_for, serve_gateway, sse_events
 
 BREAKER = CircuitBreakerConfig(failures=2, cooldown_s=0.5)

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import httpx
 
-from gateway.app import create_app
 from gateway.config import DnsDiscoveryConfig, EngineKind, GatewaySettings, PoolConfig
-from gateway.pool import resolve_addresses
-from gateway.standin import serve_asgi, serve_standin
+from gateway.http.app import create_app
+from gateway.upstream.pool import resolve_addresses
 from tests.processes import free_port
+from tests.standin import serve_asgi, serve_standin
 from tests.standin_fixtures import ENGINE_MODEL, PUBLIC_MODEL, chat_body
 
 HEADLESS = "vllm-workers.default.svc.cluster.local"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from gateway.standin import RunningStandin, SampleScript, Script
+from tests.standin import RunningStandin, SampleScript, Script
 from tests.standin_fixtures import chat_body, pool_for, serve_gateway, sse_events
 
 SLOW = Script.text(" ".join(f"w{i}" for i in range(400)), token_delay_s=0.01)
@@ -139,7 +139,7 @@ async def test_sglang_client_disconnect_calls_abort_request(sglang: RunningStand
 
 @pytest.mark.parametrize("flavor", ["vllm", "sglang", "llamacpp", "openai"])
 async def test_stop_sequence_is_cut_from_output(flavor: str) -> None:
-    from gateway.standin import serve_standin
+    from tests.standin import serve_standin
 
     script = Script.text("The answer is 4. Done here.")
     async with (

@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from gateway.standin import SampleScript, Script, serve_standin
+from tests.standin import SampleScript, Script, serve_standin
 from tests.standin_fixtures import chat_body, pool_for, serve_gateway, sse_events
 
 

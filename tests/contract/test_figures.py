@@ -18,9 +18,9 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway.access.stores import KeyFile, KeyLimits, KeyRecord, MemoryKeyStore, hash_secret
 from gateway.config import AuthConfig, EstimatedEnergy, MeteringConfig, WorkerConfig
-from gateway.shared_state import KeyFile, KeyLimits, KeyRecord, MemoryKeyStore, hash_secret
-from gateway.standin import SampleScript, Script, serve_standin
+from tests.standin import SampleScript, Script, serve_standin
 from tests.standin_fixtures import (
     PUBLIC_MODEL,
     RunningGateway,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import openai
 import pytest
 
-from gateway.standin import Script, serve_standin
+from tests.standin import Script, serve_standin
 from tests.standin_fixtures import (
     ENGINE_MODEL,
     PUBLIC_MODEL,

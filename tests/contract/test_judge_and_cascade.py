@@ -11,9 +11,9 @@ import pytest
 
 import strategies
 from gateway.config import Role
-from gateway.standin import Script, serve_standin
-from gateway.standin.script import SampleScript
 from strategies import best_of_n, cascade
+from tests.standin import Script, serve_standin
+from tests.standin.script import SampleScript
 from tests.standin_fixtures import PUBLIC_MODEL, chat_body, pool_for, serve_gateway
 
 AGREE = Script.text("the answer is 4", "the answer is 4", "the answer is 4")

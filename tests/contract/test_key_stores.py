@@ -1,5 +1,5 @@
 """Both key stores, process memory and a real Redis server, keep the same contract: the same
-admission verdicts, counters and settlements (``gateway.shared_state``)."""
+admission verdicts, counters and settlements (``gateway.access.stores``)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from gateway.shared_state import (
+from gateway.access.stores import (
     NANO,
     WINDOW_S,
     KeyFile,

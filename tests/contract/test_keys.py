@@ -11,9 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from gateway.access.stores import KeyFile, KeyLimits, KeyRecord, MemoryKeyStore, hash_secret
 from gateway.config import AuthConfig, MeteringConfig
-from gateway.shared_state import KeyFile, KeyLimits, KeyRecord, MemoryKeyStore, hash_secret
-from gateway.standin import Script, serve_standin
+from tests.standin import Script, serve_standin
 from tests.standin_fixtures import (
     PUBLIC_MODEL,
     RunningGateway,

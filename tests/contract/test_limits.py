@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 from gateway.config import LimitsConfig, WorkerConfig
-from gateway.standin import Script, serve_standin
+from tests.standin import Script, serve_standin
 from tests.standin_fixtures import chat_body, pool_for, serve_gateway
 
 

@@ -22,7 +22,7 @@ if shutil.which("schemathesis") is None:
 def test_no_generated_request_gets_a_server_error() -> None:
     port = free_port()
     standin = subprocess.Popen(
-        [sys.executable, "-m", "gateway.standin", "--flavor", "vllm", "--port", str(port)],
+        [sys.executable, "-m", "tests.standin", "--flavor", "vllm", "--port", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
     )

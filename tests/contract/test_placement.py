@@ -7,7 +7,7 @@ import asyncio
 from typing import Any
 
 from gateway.config import EngineKind, PoolConfig, WorkerConfig
-from gateway.standin import Script, serve_standin
+from tests.standin import Script, serve_standin
 from tests.standin_fixtures import ENGINE_MODEL, PUBLIC_MODEL, chat_body, serve_gateway
 
 

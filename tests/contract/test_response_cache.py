@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
+from gateway.access.stores import KeyFile, KeyRecord, MemoryKeyStore, hash_secret
 from gateway.config import AuthConfig, ResponseCacheConfig, SharedStateConfig
-from gateway.shared_state import KeyFile, KeyRecord, MemoryKeyStore, hash_secret
-from gateway.standin import serve_standin
 from tests.processes import RedisServer, redis_server
+from tests.standin import serve_standin
 from tests.standin_fixtures import chat_body, pool_for, serve_gateway
 
 CACHE = ResponseCacheConfig(enabled=True)

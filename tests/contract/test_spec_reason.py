@@ -8,10 +8,10 @@ import pytest
 
 import strategies
 from gateway.config import Role
-from gateway.standin import RunningStandin, Script, serve_standin
-from gateway.standin.engine import render_template
 from strategies import spec_reason
 from strategies.spec_reason import SCORE_PREFIX, VERIFY_QUESTION
+from tests.standin import RunningStandin, Script, serve_standin
+from tests.standin.engine import render_template
 from tests.standin_fixtures import chat_body, pool_for, serve_gateway
 
 QUESTION = "What is two plus two?"

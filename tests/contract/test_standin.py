@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.standin import Script, bind_free_port, serve_standin
+from tests.standin import Script, bind_free_port, serve_standin
 from tests.standin_fixtures import chat_body, sse_events
 
 CAPTURES = Path(__file__).parents[2] / "deploy" / "vllm-cpu" / "captures"
@@ -156,7 +156,7 @@ async def test_cli_standin_is_scripted_and_inspected_over_http() -> None:
     port = sock.getsockname()[1]
     sock.close()
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway.standin", "--flavor", "sglang", "--port", str(port)
+        sys.executable, "-m", "tests.standin", "--flavor", "sglang", "--port", str(port)
     )
     url = f"http://127.0.0.1:{port}"
     try:

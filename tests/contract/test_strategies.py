@@ -8,8 +8,8 @@ import time
 import openai
 import pytest
 
-from gateway.standin import Script, serve_standin
-from gateway.standin.script import SampleScript
+from tests.standin import Script, serve_standin
+from tests.standin.script import SampleScript
 from tests.standin_fixtures import PUBLIC_MODEL, chat_body, pool_for, serve_gateway, sse_events
 
 FAST_THEN_SLOW = Script(

@@ -8,8 +8,8 @@ import socket
 import openai
 import pytest
 
-from gateway.metering import load_price_book
-from gateway.streams import Usage
+from gateway.metering.meter import load_price_book
+from gateway.openai.chunks import Usage
 from tests.processes import gateway_cli
 
 pytestmark = pytest.mark.llamacpp

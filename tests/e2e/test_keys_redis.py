@@ -24,7 +24,7 @@ import httpx
 import openai
 import pytest
 
-from gateway.shared_state import WINDOW_S
+from gateway.access.stores import WINDOW_S
 from tests.processes import RedisServer, gateway_cli, llamacpp_pool, quiet_server, redis_server
 
 pytestmark = pytest.mark.llamacpp

@@ -48,7 +48,7 @@ import httpx
 import openai
 import pytest
 
-from gateway.shared_state import KeyFile, KeyLimits, KeyRecord, MemoryKeyStore, hash_secret
+from gateway.access.stores import KeyFile, KeyLimits, KeyRecord, MemoryKeyStore, hash_secret
 from tests.processes import (
     gateway_cli,
     llamacpp_worker,

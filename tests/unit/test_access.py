@@ -7,13 +7,8 @@ from typing import Any
 
 import pytest
 
-from gateway.access import AccessControl, PriceCeiling, redacted_url
-from gateway.config import AuthConfig, SharedStateConfig
-from gateway.errors import GatewayError
-from gateway.metering import ModelPrice, PriceBook
-from gateway.metrics import GatewayMetrics
-from gateway.protocol import prompt_token_bound
-from gateway.shared_state import (
+from gateway.access.control import AccessControl, PriceCeiling, redacted_url
+from gateway.access.stores import (
     AdmitResult,
     KeyLimits,
     KeyRecord,
@@ -22,6 +17,11 @@ from gateway.shared_state import (
     StateUnavailable,
     hash_secret,
 )
+from gateway.config import AuthConfig, SharedStateConfig
+from gateway.errors import GatewayError
+from gateway.metering.meter import ModelPrice, PriceBook
+from gateway.metrics import GatewayMetrics
+from gateway.openai.requests import prompt_token_bound
 from strategies import get_strategy
 from strategies.base import TokenBound
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.breaker import BreakerState, CircuitBreaker
+from gateway.upstream.breaker import BreakerState, CircuitBreaker
 
 
 class Clock:

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from gateway.config import load_settings
-from gateway.llamacpp_worker import command
+from gateway.engines.llamacpp_worker import command
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())

@@ -1,5 +1,5 @@
 """``answers.equivalence``: the gateway's math-verify check in killable worker processes
-(gateway/equivalence.py), with the real math-verify."""
+(gateway/pipeline/equivalence.py), with the real math-verify."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import time
 import pytest
 
 from gateway.config import AnswersConfig, GatewaySettings
-from gateway.equivalence import SymbolicEquivalence, open_equivalence
 from gateway.metrics import GatewayMetrics
+from gateway.pipeline.equivalence import SymbolicEquivalence, open_equivalence
 from strategies.answers import numerically_same
 
 

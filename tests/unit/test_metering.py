@@ -1,4 +1,4 @@
-"""Cost and energy arithmetic against hand-computed cases (gateway/metering.py, energy.py)."""
+"""Cost and energy arithmetic against hand-computed cases (gateway/metering/meter.py, energy.py)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from gateway.config import (
     ZeusdEnergy,
     load_settings,
 )
-from gateway.energy import (
+from gateway.metering.energy import (
     BusyClock,
     DcgmSource,
     EnergyCounter,
@@ -37,7 +37,7 @@ from gateway.energy import (
     RaplSource,
     ZeusdSource,
 )
-from gateway.metering import (
+from gateway.metering.meter import (
     Meter,
     ModelPrice,
     PriceBook,
@@ -47,8 +47,8 @@ from gateway.metering import (
     warn_unpriced,
 )
 from gateway.metrics import GatewayMetrics
-from gateway.pool import PoolRegistry, WorkerPool
-from gateway.streams import Usage
+from gateway.openai.chunks import Usage
+from gateway.upstream.pool import WorkerPool
 
 
 # -- price table ------------------------------------------------------------------------------
@@ -133,10 +133,12 @@ async def _meter(
     meter = Meter(
         MeteringConfig(prompt_token_weight=0.5),
         prices or PriceBook(),
-        PoolRegistry([pool]),
+        [pool.model],
         metrics,
     )
     await meter.start()
+    for worker in pool.workers:
+        meter.add_worker(pool.name, worker)
     assert meter._task is not None
     meter._task.cancel()  # the test drives the intervals itself
     return meter, metrics, pool

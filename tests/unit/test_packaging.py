@@ -20,7 +20,7 @@ from pathlib import Path
 import gateway
 # the installed copy, not the checkout
 assert gateway.__file__.startswith(os.environ["PYTHONPATH"]), gateway.__file__
-from gateway.metering import load_price_book
+from gateway.metering.meter import load_price_book
 from gateway.bench.strategies import DEFAULT_DATASET, load_problems
 from gateway.bench.overhead import _litellm_config
 assert load_price_book(None).models["smollm2-135m-instruct"].output_cost_per_token > 0

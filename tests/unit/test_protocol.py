@@ -6,7 +6,7 @@ import pytest
 
 from gateway.config import LimitsConfig
 from gateway.errors import GatewayError
-from gateway.protocol import ChatCompletionRequest, CompletionRequest, parse_request
+from gateway.openai.requests import ChatCompletionRequest, CompletionRequest, parse_request
 
 LIMITS = LimitsConfig(max_n=8, max_tokens=1000)
 GOOD: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}

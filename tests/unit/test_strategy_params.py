@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from starlette.datastructures import Headers
 
-from gateway.routes import select_strategy
+from gateway.http.routes import select_strategy
 from strategies import Budgets, InvalidParameter, UnknownStrategy, get_strategy, split_budgets
 from strategies.base import ParameterSpec, StrategySpec
 

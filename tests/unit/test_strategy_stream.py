@@ -9,12 +9,12 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway import strategy_runner
 from gateway.metrics import GatewayMetrics
-from gateway.pool import PoolRegistry
-from gateway.proxy import RequestContext, Upstream
-from gateway.strategy_runner import StrategyResult, StrategyRunner
-from gateway.streams import Usage
+from gateway.openai.chunks import Usage
+from gateway.pipeline import runner as strategy_runner
+from gateway.pipeline.runner import StrategyResult, StrategyRunner
+from gateway.upstream.client import RequestContext, Upstream
+from gateway.upstream.pool import PoolRegistry
 from strategies import Budgets, StrategyOutcome, StrategySpec
 
 REPORT = {"strategy": "demo"}

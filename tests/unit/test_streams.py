@@ -5,9 +5,9 @@ from typing import Any
 
 import pytest
 
-from gateway.engines import LlamaCppAdapter, VllmAdapter
-from gateway.sse import iter_sse_data
-from gateway.streams import StreamTally, assemble_chat_completion
+from gateway.engines.adapters import LlamaCppAdapter, VllmAdapter
+from gateway.openai.chunks import StreamTally, assemble_chat_completion
+from gateway.openai.sse import iter_sse_data
 
 
 def _chunk(

@@ -17,8 +17,8 @@ import urllib.request
 from collections import deque
 from types import TracebackType
 
-from gateway import llamacpp_worker
 from gateway.config import EmbeddedLlamaCppConfig, GatewaySettings, PoolConfig, WorkerConfig
+from gateway.engines import llamacpp_worker
 
 log = logging.getLogger("ttc.embedded")
 engine_log = logging.getLogger("ttc.embedded.llamacpp")

@@ -19,9 +19,8 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from gateway.access import open_store
-from gateway.config import ConfigError, load_settings
-from gateway.shared_state import (
+from gateway.access.control import open_store
+from gateway.access.stores import (
     KeyLimits,
     KeyRecord,
     KeyStore,
@@ -30,6 +29,7 @@ from gateway.shared_state import (
     hash_secret,
     new_secret,
 )
+from gateway.config import ConfigError, load_settings
 
 keys_app = typer.Typer(
     help="Manage API keys (Redis, or a keys file for one replica).", no_args_is_help=True

@@ -15,8 +15,8 @@ from typing import Any
 
 import uvicorn
 
-from gateway.standin.engine import StandinEngine
-from gateway.standin.script import Script
+from tests.standin.engine import StandinEngine
+from tests.standin.script import Script
 
 SHUTDOWN_GRACE_S = 2.0
 

@@ -1,7 +1,7 @@
 """Who may call the gateway, and how much: API keys, rate limits and USD budgets.
 
 ``AccessControl.admit`` runs before any upstream call. It reads the key from
-``Authorization: Bearer <key>``, and asks the key store (``gateway.shared_state``) to let the
+``Authorization: Bearer <key>``, and asks the key store (``gateway.access.stores``) to let the
 request in and reserve its worst case: the strategy's ``TokenBound`` for this prompt and
 ``max_tokens`` against tokens/minute, and that bound priced at the dearest configured model
 against the key's budget. ``Admission.settle`` replaces the reservation with what the request
@@ -26,11 +26,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
-from gateway.config import AuthConfig, SharedStateConfig
-from gateway.errors import GatewayError
-from gateway.metering import PriceBook
-from gateway.metrics import GatewayMetrics
-from gateway.shared_state import (
+from gateway.access.stores import (
     WINDOW_S,
     AdmitResult,
     KeyFile,
@@ -44,6 +40,10 @@ from gateway.shared_state import (
     minute_window,
     to_nusd,
 )
+from gateway.config import AuthConfig, SharedStateConfig
+from gateway.errors import GatewayError
+from gateway.metering.meter import PriceBook
+from gateway.metrics import GatewayMetrics
 from strategies.base import TokenBound
 
 log = logging.getLogger("ttc.access")

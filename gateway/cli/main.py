@@ -51,8 +51,8 @@ def serve(
     workers: Annotated[int | None, typer.Option(help="uvicorn worker processes")] = None,
 ) -> None:
     """Start the gateway (and its embedded llama.cpp worker when configured)."""
-    from gateway.app import SETTINGS_ENV, configure_logging, create_app
-    from gateway.embedded import EmbeddedEngines
+    from gateway.engines.embedded import EmbeddedEngines
+    from gateway.http.app import SETTINGS_ENV, configure_logging, create_app
     from gateway.metrics import MULTIPROC_ENV
 
     settings = _load(config)
@@ -70,7 +70,9 @@ def serve(
         engines = EmbeddedEngines(settings)
         with engines as resolved:
             uvicorn_config = uvicorn.Config(
-                "gateway.app:app_from_environment" if server.workers > 1 else create_app(resolved),
+                "gateway.http.app:app_from_environment"
+                if server.workers > 1
+                else create_app(resolved),
                 factory=server.workers > 1,
                 host=server.host,
                 port=server.port,
@@ -158,7 +160,7 @@ def check_config(config: ConfigOption = None) -> None:
 
 def main() -> None:
     from gateway.bench import bench_app
-    from gateway.keys_cli import keys_app
+    from gateway.cli.keys import keys_app
 
     cli.add_typer(bench_app, name="bench")
     cli.add_typer(keys_app, name="keys")

@@ -1,8 +1,8 @@
 """What each engine says about itself on ``/metrics``, under one set of names.
 
 At every health check the pool reads the worker's own Prometheus page and keeps the figures
-below; ``EngineCollector`` exports the latest of them as ``ttc_engine_*`` series labelled with
-pool, worker and engine, so one dashboard query covers vLLM, SGLang and llama.cpp alike.
+below; ``gateway.upstream.engine_stats`` exports the latest of them as ``ttc_engine_*`` series
+labelled with pool, worker and engine, so one dashboard query covers all engines alike.
 
 =========================  ======================  ==================  ============================
 figure                     vLLM (``vllm:``)        SGLang (``sglang:``)  llama.cpp (``llamacpp:``)
@@ -23,18 +23,10 @@ queries are those plus the cached ones. A figure an engine does not export is si
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING
-
 import aiohttp
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
-from prometheus_client.registry import Collector
 
 from gateway.config import EngineKind
-
-if TYPE_CHECKING:
-    from gateway.pool import WorkerPool
 
 EngineStats = dict[str, float]
 
@@ -114,30 +106,3 @@ async def scrape_engine(
         return parse_engine_metrics(engine, text) or None
     except (aiohttp.ClientError, TimeoutError, ValueError):
         return None
-
-
-class EngineCollector(Collector):
-    """Exports the latest engine figures of every worker of the pools given."""
-
-    def __init__(self, pools: Iterable[WorkerPool]) -> None:
-        self.pools = list(pools)
-
-    def collect(self) -> Iterator[Metric]:
-        labels = ["pool", "worker", "engine"]
-        families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
-            **{
-                f: GaugeMetricFamily(f"ttc_engine_{f}", doc, labels=labels)
-                for f, doc in GAUGES.items()
-            },
-            **{
-                f: CounterMetricFamily(f"ttc_engine_{f}", doc, labels=labels)
-                for f, doc in COUNTERS.items()
-            },
-        }
-        for pool in self.pools:
-            for worker in pool.workers:
-                for figure, value in (worker.engine_stats or {}).items():
-                    families[figure].add_metric(
-                        [pool.name, worker.name, pool.config.engine.value], value
-                    )
-        yield from families.values()

@@ -1,8 +1,8 @@
 """Child-process entry point that runs llama.cpp's server (xllamacpp) on one port.
 
 Run by the gateway for the embedded default and by the tests' fixtures:
-``python -m gateway.llamacpp_worker --port 18081``. It serves until its standard input closes
-(the parent went away) or it receives SIGTERM/SIGINT, so it never outlives the gateway.
+``python -m gateway.engines.llamacpp_worker --port 18081``. It serves until its standard input
+closes (the parent went away) or it receives SIGTERM/SIGINT, so it never outlives the gateway.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def command(
 ) -> list[str]:
     """The command line that starts a worker: the one the gateway, the tests' fixtures and
     docker-compose.yml's ``llamacpp`` service all run (a test keeps the last one equal)."""
-    args = [python, "-m", "gateway.llamacpp_worker", "--host", host, "--port", str(port)]
+    args = [python, "-m", "gateway.engines.llamacpp_worker", "--host", host, "--port", str(port)]
     args += ["--parallel", str(parallel), "--context", str(context)]
     args += ["--threads", str(threads)] if threads else []
     return args + (["--model", model] if model else [])

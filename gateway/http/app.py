@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -14,20 +15,20 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
 from gateway import __version__
-from gateway.access import AccessControl, PriceCeiling, open_store
+from gateway.access.control import AccessControl, PriceCeiling, open_store
+from gateway.access.response_cache import ResponseCache
 from gateway.config import GatewaySettings
-from gateway.engine_metrics import EngineCollector
-from gateway.equivalence import open_equivalence
 from gateway.errors import install_error_handlers
-from gateway.metering import Meter, load_price_book, warn_unpriced
+from gateway.http.middleware import RequestIdMiddleware
+from gateway.http.routes import GatewayState, SamplingFastLane, router
+from gateway.metering.meter import Meter, load_price_book, warn_unpriced
 from gateway.metrics import GatewayMetrics
-from gateway.middleware import RequestIdMiddleware
-from gateway.pool import PoolRegistry, WorkerPool
-from gateway.protocol import ChatCompletionRequest, CompletionRequest
-from gateway.proxy import Upstream
-from gateway.response_cache import ResponseCache
-from gateway.routes import GatewayState, SamplingFastLane, router
-from gateway.strategy_runner import StrategyRunner
+from gateway.openai.requests import ChatCompletionRequest, CompletionRequest
+from gateway.pipeline.equivalence import open_equivalence
+from gateway.pipeline.runner import StrategyRunner
+from gateway.upstream.client import Upstream
+from gateway.upstream.engine_stats import EngineCollector
+from gateway.upstream.pool import PoolRegistry, WorkerPool
 from strategies import REGISTRY
 
 log = logging.getLogger("ttc.app")
@@ -37,7 +38,7 @@ SETTINGS_ENV = "TTCGW_RESOLVED_SETTINGS"  # not TTC_*: that prefix is for overri
 
 def create_app(settings: GatewaySettings) -> FastAPI:
     """An app serving ``settings``' pools. Embedded pools must be resolved to URLs first
-    (``gateway.embedded.EmbeddedEngines``)."""
+    (``gateway.engines.embedded.EmbeddedEngines``)."""
     if any(pool.embedded is not None for pool in settings.pools):
         raise ValueError("create_app needs embedded pools resolved to worker URLs first")
 
@@ -49,7 +50,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     metrics.start_request_series(pools.models, list(REGISTRY))
     prices = load_price_book(settings.metering.prices_file)
     warn_unpriced(prices, pools.models, settings.metering.prices_file)
-    meter = Meter(settings.metering, prices, pools, metrics)
+    meter = Meter(settings.metering, prices, pools.models, metrics)
     access = AccessControl(
         settings.auth,
         settings.state,
@@ -64,6 +65,10 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await pools.start()
         await meter.start()
+        for pool in pools.pools:
+            for worker in pool.workers:
+                meter.add_worker(pool.name, worker)
+            pool.on_worker_added.append(functools.partial(meter.add_worker, pool.name))
         await access.start()
         if answer_checker is not None:
             await answer_checker.start()

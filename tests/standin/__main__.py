@@ -1,4 +1,4 @@
-"""``python -m gateway.standin --flavor vllm --port 9001``: a stand-in engine in its own process.
+"""``python -m tests.standin --flavor vllm --port 9001``: a stand-in engine in its own process.
 
 Script it at runtime with ``POST /standin/script`` and read its counters at
 ``GET /standin/state``.
@@ -10,8 +10,8 @@ import argparse
 
 import uvicorn
 
-from gateway.standin.engine import StandinEngine
-from gateway.standin.wire import FLAVORS
+from tests.standin.engine import StandinEngine
+from tests.standin.wire import FLAVORS
 
 
 def main(argv: list[str] | None = None) -> None:

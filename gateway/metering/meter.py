@@ -29,24 +29,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import functools
 import logging
 import os
 import time
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import aiohttp
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from gateway.config import ConfigError, MeteringConfig, format_validation_error
-from gateway.energy import EnergyCounter, EnergySource, EnergySourceError, open_source
+from gateway.config import ConfigError, MeteringConfig, WorkerConfig, format_validation_error
+from gateway.metering.energy import (
+    BusyClock,
+    EnergyCounter,
+    EnergySource,
+    EnergySourceError,
+    open_source,
+)
 from gateway.metrics import GatewayMetrics, multiprocess_dir
-from gateway.pool import PoolRegistry, Worker
-from gateway.streams import StreamTally, Usage
+from gateway.openai.chunks import StreamTally, Usage
 from strategies import REGISTRY
 
 log = logging.getLogger("ttc.metering")
@@ -190,6 +194,19 @@ class RequestMeter:
         }
 
 
+class Worker(Protocol):
+    """What the meter reads of a worker (``gateway.upstream.pool.Worker`` is one)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def config(self) -> WorkerConfig: ...
+    @property
+    def busy(self) -> BusyClock: ...
+    @property
+    def in_flight(self) -> int: ...
+
+
 @dataclass(eq=False)
 class _Watched:
     request: RequestMeter
@@ -224,13 +241,12 @@ class Meter:
         self,
         config: MeteringConfig,
         prices: PriceBook,
-        pools: PoolRegistry,
+        models: list[str],
         metrics: GatewayMetrics,
     ) -> None:
         self.config = config
         self.prices = prices
         self.metrics = metrics
-        self.pools = pools
         self.rates: dict[str, tuple[float, float]] = {}  # worker -> (J, USD) per unit of work
         self.measures = True  # reads energy counters, closes intervals
         self.attributes = True  # splits them among requests (one process serving)
@@ -241,7 +257,7 @@ class Meter:
         metrics.price_table_info.labels(prices.version).set(1)
         # Series that exist from the start (at 0): rate() then sees a request's whole cost,
         # not only what came after the series' first scrape.
-        for model in pools.models:
+        for model in models:
             for strategy in REGISTRY:
                 for basis in ("price_table", "infrastructure"):
                     metrics.cost.labels(basis, model, strategy)
@@ -276,14 +292,13 @@ class Meter:
         if not self.measures:
             return
         self._session = aiohttp.ClientSession()
-        for pool in self.pools.pools:
-            for worker in pool.workers:
-                self.add_worker(pool.name, worker)
-            pool.on_worker_added.append(functools.partial(self.add_worker, pool.name))
         self._task = asyncio.create_task(self._loop(), name="metering")
 
     def add_worker(self, pool: str, worker: Worker) -> None:
-        assert self._session is not None
+        """Meter ``worker`` of ``pool`` from now on (after ``start``; nothing when this
+        process does not measure)."""
+        if self._session is None:
+            return
         source: EnergySource | None = None
         energy = worker.config.energy
         if energy is not None and energy.source == "estimate" and not self.attributes:

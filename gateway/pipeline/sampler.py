@@ -30,12 +30,12 @@ import aiohttp
 import orjson
 
 from gateway.config import Role
-from gateway.metering import ModelPrice
-from gateway.pool import PoolRegistry, Worker, WorkerLease, WorkerPool
-from gateway.proxy import RequestContext, Upstream
-from gateway.sse import DONE, iter_sse_data
-from gateway.streams import StreamTally, Usage
+from gateway.metering.meter import ModelPrice
+from gateway.openai.chunks import StreamTally, Usage
+from gateway.openai.sse import DONE, iter_sse_data
 from gateway.tasks import finish_even_if_cancelled
+from gateway.upstream.client import RequestContext, Upstream
+from gateway.upstream.pool import PoolRegistry, Worker, WorkerLease, WorkerPool
 from strategies.sampling import BudgetExhausted, BudgetName, RoleName, SampleDelta, SampleRequest
 
 # Fields of the client's body that the sampler sets itself.

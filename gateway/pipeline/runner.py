@@ -21,12 +21,12 @@ from typing import Any
 
 from gateway.errors import GatewayError, bad_gateway, invalid_request
 from gateway.metrics import GatewayMetrics
-from gateway.pool import PoolRegistry, WorkerPool
-from gateway.proxy import RequestContext, Upstream
-from gateway.sampler import BudgetGuard, PoolSampler
-from gateway.sse import encode_comment, encode_done, encode_event
-from gateway.streams import Usage
+from gateway.openai.chunks import Usage
+from gateway.openai.sse import encode_comment, encode_done, encode_event
+from gateway.pipeline.sampler import BudgetGuard, PoolSampler
 from gateway.tasks import finish_even_if_cancelled
+from gateway.upstream.client import RequestContext, Upstream
+from gateway.upstream.pool import PoolRegistry, WorkerPool
 from strategies import Budgets, StrategyOutcome, StrategySpec, StrategyTask
 from strategies.answers import AnswerBuckets, SameAnswer
 from strategies.sampling import SampleRequest

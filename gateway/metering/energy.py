@@ -4,7 +4,7 @@ Every source reports a cumulative energy in joules (``read()``); ``EnergyCounter
 successive readings into non-negative deltas, handling wrap-around (RAPL's ``energy_uj`` wraps at
 ``max_energy_range_uj``) and resets (NVML restarts at driver reload; a decrease with no known
 range is counted as 0, never as negative energy). Sources are read about once a second by the
-meter (``gateway.metering``); blocking reads (NVML, sysfs) run in a thread.
+meter (``gateway.metering.meter``); blocking reads (NVML, sysfs) run in a thread.
 
 ``method`` tells a measured counter from an estimate; an estimate is always labelled one, in
 metrics and in each response's ``ttc.energy``.

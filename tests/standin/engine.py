@@ -28,9 +28,9 @@ from typing import Any
 
 import orjson
 
-from gateway.sse import wait_for_disconnect
-from gateway.standin.script import SampleScript, Script, split_tokens
-from gateway.standin.wire import FLAVORS, EngineCounters, Flavor, render_metrics
+from gateway.openai.sse import wait_for_disconnect
+from tests.standin.script import SampleScript, Script, split_tokens
+from tests.standin.wire import FLAVORS, EngineCounters, Flavor, render_metrics
 
 Scope = dict[str, Any]
 Message = dict[str, Any]

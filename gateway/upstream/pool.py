@@ -1,7 +1,7 @@
 """Worker pools: one long-lived HTTP client per pool, health checks, least-loaded selection.
 
 A ``WorkerPool`` owns the workers of one model/engine. ``lease()`` picks, among the healthy
-workers whose circuit breaker lets requests through (``gateway.breaker``), the one with the
+workers whose circuit breaker lets requests through (``gateway.upstream.breaker``), the one with the
 fewest requests in flight and returns a ``WorkerLease`` whose ``release()`` (called from a
 ``finally`` or ``async with``) gives the slot back on every exit path: success, error, timeout,
 client disconnect. A preferred worker (``prefer=``) is taken while it is healthy and has a free
@@ -26,13 +26,13 @@ from collections.abc import Awaitable, Callable, Iterable
 
 import aiohttp
 
-from gateway.breaker import BreakerState, CircuitBreaker
 from gateway.config import CircuitBreakerConfig, HealthCheckConfig, PoolConfig, Role, WorkerConfig
-from gateway.energy import BusyClock
-from gateway.engine_metrics import EngineStats, scrape_engine
-from gateway.engines import EngineAdapter, RenderCall, adapter_for
+from gateway.engines.adapters import EngineAdapter, RenderCall, adapter_for
+from gateway.engines.metrics import EngineStats, scrape_engine
 from gateway.errors import GatewayError, model_not_found, overloaded
+from gateway.metering.energy import BusyClock
 from gateway.metrics import GatewayMetrics
+from gateway.upstream.breaker import BreakerState, CircuitBreaker
 
 log = logging.getLogger("ttc.pool")
 

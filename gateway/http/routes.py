@@ -19,22 +19,27 @@ from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.access import OPEN, AccessControl, Admission
+from gateway.access.control import OPEN, AccessControl, Admission
+from gateway.access.response_cache import CachedAnswer, ResponseCache
 from gateway.config import GatewaySettings
 from gateway.errors import GatewayError, error_response, invalid_request, model_not_found
 from gateway.metrics import GatewayMetrics
-from gateway.pool import PoolRegistry
-from gateway.protocol import (
+from gateway.openai.requests import (
     ChatCompletionRequest,
     CompletionRequest,
     parse_request,
     prompt_token_bound,
 )
-from gateway.proxy import RequestContext, Upstream
-from gateway.response_cache import CachedAnswer, ResponseCache
-from gateway.sse import ClientDisconnected, DisconnectAwareStream, cancel_on_disconnect, primed
-from gateway.strategy_runner import StrategyRunner, cost_headers
+from gateway.openai.sse import (
+    ClientDisconnected,
+    DisconnectAwareStream,
+    cancel_on_disconnect,
+    primed,
+)
+from gateway.pipeline.runner import StrategyRunner, cost_headers
 from gateway.tasks import finish_even_if_cancelled
+from gateway.upstream.client import RequestContext, Upstream
+from gateway.upstream.pool import PoolRegistry
 from strategies import (
     REGISTRY,
     Budgets,

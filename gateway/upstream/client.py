@@ -26,13 +26,18 @@ import aiohttp
 import orjson
 
 from gateway.errors import GatewayError, bad_gateway, gateway_timeout
-from gateway.metering import Meter, ModelPrice, RequestMeter
+from gateway.metering.meter import Meter, ModelPrice, RequestMeter
 from gateway.metrics import GatewayMetrics
-from gateway.pool import Worker, WorkerLease, WorkerPool
-from gateway.protocol import prompt_token_bound
-from gateway.sse import DONE, encode_done, encode_event, iter_sse_data, primed
-from gateway.streams import StreamTally, Usage, assemble_chat_completion, assemble_text_completion
+from gateway.openai.chunks import (
+    StreamTally,
+    Usage,
+    assemble_chat_completion,
+    assemble_text_completion,
+)
+from gateway.openai.requests import prompt_token_bound
+from gateway.openai.sse import DONE, encode_done, encode_event, iter_sse_data, primed
 from gateway.tasks import finish_even_if_cancelled
+from gateway.upstream.pool import Worker, WorkerLease, WorkerPool
 
 log = logging.getLogger("ttc.proxy")
 
@@ -327,7 +332,7 @@ class Upstream:
         ttft_recorded = False
         broken = False  # the worker failed: what it did is unknown, nothing is estimated
         try:
-            yield b""  # primed (``gateway.sse.primed``): the finally below always runs
+            yield b""  # primed (``gateway.openai.sse.primed``): the finally below always runs
             async with asyncio.timeout(ctx.remaining_s()):
                 async for data in iter_sse_data(response.content):
                     if data == DONE:

@@ -6,13 +6,13 @@ In-process::
     async with serve_standin("sglang", Script.text("a b c", token_delay_s=0.01)) as s:
         ...  # s.url, s.engine.running, s.engine.abort_requests
 
-Another process: ``python -m gateway.standin --flavor vllm --port 9001``.
+Another process: ``python -m tests.standin --flavor vllm --port 9001``.
 """
 
-from gateway.standin.engine import ReceivedRequest, StandinDied, StandinEngine
-from gateway.standin.script import SampleScript, Script, split_tokens
-from gateway.standin.server import RunningStandin, bind_free_port, serve_asgi, serve_standin
-from gateway.standin.wire import FLAVORS, Flavor
+from tests.standin.engine import ReceivedRequest, StandinDied, StandinEngine
+from tests.standin.script import SampleScript, Script, split_tokens
+from tests.standin.server import RunningStandin, bind_free_port, serve_asgi, serve_standin
+from tests.standin.wire import FLAVORS, Flavor
 
 __all__ = [
     "FLAVORS",

@@ -1,0 +1,1 @@
+"""API keys and their stores (memory, Redis), rate limits and budgets, the response cache."""

@@ -1,0 +1,1 @@
+"""The ``ttc-gateway`` command: ``serve``, ``keys``, ``check-config``, ``bench``."""

@@ -1,0 +1,1 @@
+"""Prices, energy sources, and the meter that values each request's calls."""
