@@ -23,6 +23,7 @@ from gateway.access.control import OPEN, AccessControl, Admission
 from gateway.access.response_cache import CachedAnswer, ResponseCache
 from gateway.config import GatewaySettings
 from gateway.errors import GatewayError, error_response, invalid_request, model_not_found
+from gateway.http.streaming import ClientDisconnected, DisconnectAwareStream, cancel_on_disconnect
 from gateway.metrics import GatewayMetrics
 from gateway.openai.requests import (
     ChatCompletionRequest,
@@ -30,14 +31,8 @@ from gateway.openai.requests import (
     parse_request,
     prompt_token_bound,
 )
-from gateway.openai.sse import (
-    ClientDisconnected,
-    DisconnectAwareStream,
-    cancel_on_disconnect,
-    primed,
-)
 from gateway.pipeline.runner import StrategyRunner, cost_headers
-from gateway.tasks import finish_even_if_cancelled
+from gateway.tasks import finish_even_if_cancelled, primed
 from gateway.upstream.client import RequestContext, Upstream
 from gateway.upstream.pool import PoolRegistry
 from strategies import (

@@ -1,26 +1,16 @@
-"""Server-sent events: reading an engine's stream, and answering a client with one.
+"""Server-sent events, the codec: reading an engine's stream, writing a client's events.
 
-``DisconnectAwareStream`` is a Starlette response that watches for ``http.disconnect`` while it
-streams. When the client goes away it cancels the body generator at once (so the generator's
-``finally`` closes the upstream stream and the engine aborts the generation), instead of waiting
-for the next write to fail.
+(Answering a client with a stream is ``gateway.http.streaming``'s.)
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import Any
 
 import orjson
-from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
-
-T = TypeVar("T")
 
 DONE = b"[DONE]"
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 def encode_event(payload: Any) -> bytes:
@@ -51,75 +41,3 @@ async def iter_sse_data(lines: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
         # comments (":"), "event:", "id:" and "retry:" lines carry nothing the gateway uses
     if parts:
         yield b"\n".join(parts)
-
-
-async def primed(body: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
-    """``body`` run to its first ``yield``, an empty priming chunk. An async generator that
-    never started runs no ``finally`` when it is closed: a client that leaves before the first
-    chunk would leak what ``body`` holds (an upstream response, a worker slot, a settlement).
-    Primed, its ``finally`` runs on ``aclose`` whatever happens."""
-    if await body.__anext__() != b"":
-        raise RuntimeError("a primed stream must yield b'' first")
-    return body
-
-
-async def wait_for_disconnect(receive: Receive) -> None:
-    """Return when the ASGI server reports that the client went away."""
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return
-
-
-class ClientDisconnected(Exception):
-    """The client closed its connection before the answer was complete."""
-
-
-async def cancel_on_disconnect(receive: Receive, work: Awaitable[T]) -> T:
-    """Await ``work``; if the client disconnects first, cancel it and raise ClientDisconnected."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(wait_for_disconnect(receive))
-    try:
-        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            watcher.cancel()
-            raise ClientDisconnected()
-        watcher.cancel()
-    return task.result()
-
-
-class DisconnectAwareStream(Response):
-    """Stream ``body`` as SSE; on client disconnect cancel it and call ``on_disconnect``."""
-
-    media_type = "text/event-stream"
-
-    def __init__(
-        self,
-        body: AsyncGenerator[bytes, None],
-        headers: dict[str, str] | None = None,
-        on_disconnect: Callable[[], None] | None = None,
-    ) -> None:
-        self.body_iterator = body
-        self.status_code = 200
-        self.background = None
-        self._on_disconnect = on_disconnect
-        self.init_headers({**SSE_HEADERS, **(headers or {})})
-
-    async def _pump(self, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-        async for chunk in self.body_iterator:
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await cancel_on_disconnect(receive, self._pump(send))
-        except (ClientDisconnected, OSError):
-            if self._on_disconnect is not None:
-                self._on_disconnect()
-        finally:
-            await self.body_iterator.aclose()

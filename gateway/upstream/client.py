@@ -35,8 +35,8 @@ from gateway.openai.chunks import (
     assemble_text_completion,
 )
 from gateway.openai.requests import prompt_token_bound
-from gateway.openai.sse import DONE, encode_done, encode_event, iter_sse_data, primed
-from gateway.tasks import finish_even_if_cancelled
+from gateway.openai.sse import DONE, encode_done, encode_event, iter_sse_data
+from gateway.tasks import finish_even_if_cancelled, primed
 from gateway.upstream.pool import Worker, WorkerLease, WorkerPool
 
 log = logging.getLogger("ttc.proxy")
@@ -332,7 +332,7 @@ class Upstream:
         ttft_recorded = False
         broken = False  # the worker failed: what it did is unknown, nothing is estimated
         try:
-            yield b""  # primed (``gateway.openai.sse.primed``): the finally below always runs
+            yield b""  # primed (``gateway.tasks.primed``): the finally below always runs
             async with asyncio.timeout(ctx.remaining_s()):
                 async for data in iter_sse_data(response.content):
                     if data == DONE:

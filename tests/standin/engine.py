@@ -28,7 +28,7 @@ from typing import Any
 
 import orjson
 
-from gateway.openai.sse import wait_for_disconnect
+from gateway.http.streaming import wait_for_disconnect
 from tests.standin.script import SampleScript, Script, split_tokens
 from tests.standin.wire import FLAVORS, EngineCounters, Flavor, render_metrics
 
