@@ -1,45 +1,41 @@
-"""OpenAI-style errors: every failure a client sees is ``{"error": {message, type, param, code}}``.
+"""What can go wrong with a request, in the domain's words: every failure a client is told
+about is one of these classes, with OpenAI's error fields (message, type, param, code).
 
-A ``GatewayError`` raised anywhere below the routes becomes that body with its HTTP status.
-Anything else is logged with its traceback and answered as a plain 500, never with the traceback.
+Nothing here knows HTTP: ``gateway.http.errors`` gives each class its status and turns it into
+the ``{"error": {message, type, param, code}}`` body. Anything that is not a ``GatewayError``
+is a bug, answered as a plain 500 (its traceback goes to the log, never to the client).
 """
 
 from __future__ import annotations
 
-import logging
-from typing import Any
-
-import orjson
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import Response
-
-log = logging.getLogger("ttc.errors")
+from typing import Any, ClassVar
 
 
 class GatewayError(Exception):
-    """A failure with an HTTP status and an OpenAI-style body."""
+    """A failure the client is told about. ``type`` and ``code`` default per class;
+    ``retry_after_s`` is set when trying again later can succeed."""
+
+    default_type: ClassVar[str] = "invalid_request_error"
+    default_code: ClassVar[str | None] = None
 
     def __init__(
         self,
-        status: int,
         message: str,
         *,
-        type: str = "invalid_request_error",
         param: str | None = None,
         code: str | None = None,
-        headers: dict[str, str] | None = None,
+        type: str | None = None,
+        retry_after_s: int | None = None,
     ) -> None:
         super().__init__(message)
-        self.status = status
         self.message = message
-        self.type = type
         self.param = param
-        self.code = code
-        self.headers = headers or {}
+        self.code = code if code is not None else self.default_code
+        self.type = type if type is not None else self.default_type
+        self.retry_after_s = retry_after_s
 
     def body(self) -> dict[str, Any]:
+        """The OpenAI error object."""
         return {
             "error": {
                 "message": self.message,
@@ -49,77 +45,116 @@ class GatewayError(Exception):
             }
         }
 
-    def to_response(self) -> Response:
-        return Response(
-            orjson.dumps(self.body()),
-            status_code=self.status,
-            media_type="application/json",
-            headers=self.headers,
-        )
+
+class InvalidRequest(GatewayError):
+    """The request cannot be served as sent (a field, a header, a strategy parameter)."""
+
+    default_code = "invalid_value"
+
+
+class RequestTooLarge(InvalidRequest):
+    """The body is larger than ``limits.max_body_bytes``."""
+
+    default_code = "request_too_large"
+
+
+class Unauthenticated(GatewayError):
+    """No API key, or one this gateway does not accept."""
+
+
+class PermissionDenied(GatewayError):
+    """The key may not ask for this (a strategy, a k)."""
+
+
+class NotFound(GatewayError):
+    """A model (or other named thing) this gateway does not serve."""
+
+    default_type = "not_found_error"
+
+
+class RateLimited(GatewayError):
+    """A limit ran out; ``retry_after_s`` says when to try again, ``ratelimit`` which limit
+    (OpenAI's ``x-ratelimit-*`` names: ``limit-requests``, ``remaining-requests``, ...)."""
+
+    default_type = "rate_limit_error"
+
+    def __init__(self, message: str, *, ratelimit: dict[str, str] | None = None, **fields: Any):
+        super().__init__(message, **fields)
+        self.ratelimit = ratelimit or {}
+
+
+class QuotaExceeded(RateLimited):
+    """A key's budget is spent: trying again will not help."""
+
+    default_type = "insufficient_quota"
+
+
+class Unavailable(GatewayError):
+    """The gateway cannot serve it right now (no healthy worker, shared state down)."""
+
+    default_type = "server_overloaded"
+
+
+class UpstreamRejected(GatewayError):
+    """A worker refused the request with a 4xx of its own (passed on, except that a worker's
+    404, an endpoint it lacks, is the request's fault: 400)."""
+
+    default_code = "upstream_rejected"
+
+    def __init__(self, message: str, *, worker_status: int, **fields: Any) -> None:
+        super().__init__(message, **fields)
+        self.worker_status = worker_status
+
+
+class UpstreamFailed(GatewayError):
+    """A worker broke: a 5xx, a broken connection or protocol, an error event."""
+
+    default_type = "upstream_error"
+    default_code = "bad_gateway"
+
+
+class UpstreamTimeout(GatewayError):
+    """A worker sent nothing for its pool's ``read_timeout_s``."""
+
+    default_type = "upstream_error"
+    default_code = "timeout"
+
+
+class DeadlineExceeded(GatewayError):
+    """The request's deadline (``X-TTC-Deadline-Ms`` or ``limits.request_timeout_s``) passed."""
+
+    default_type = "timeout_error"
+    default_code = "deadline_exceeded"
+
+
+class InternalError(GatewayError):
+    """A bug in the gateway; the client is told no more than that."""
+
+    default_type = "server_error"
+    default_code = "internal_error"
+
+    def __init__(self) -> None:
+        super().__init__("internal error in the gateway")
 
 
 def invalid_request(
     message: str, param: str | None = None, code: str = "invalid_value"
-) -> GatewayError:
-    return GatewayError(400, message, param=param, code=code)
+) -> InvalidRequest:
+    return InvalidRequest(message, param=param, code=code)
 
 
-def model_not_found(model: str) -> GatewayError:
-    return GatewayError(
-        404,
+def model_not_found(model: str) -> NotFound:
+    return NotFound(
         f"The model {model!r} does not exist or is not served by this gateway",
         param="model",
         code="model_not_found",
+        type="invalid_request_error",
     )
 
 
-def bad_gateway(message: str) -> GatewayError:
-    return GatewayError(502, message, type="upstream_error", code="bad_gateway")
+def bad_gateway(message: str) -> UpstreamFailed:
+    return UpstreamFailed(message)
 
 
-def gateway_timeout(message: str) -> GatewayError:
-    return GatewayError(504, message, type="upstream_error", code="timeout")
-
-
-def overloaded(message: str, status: int = 429, retry_after_s: int = 1) -> GatewayError:
-    return GatewayError(
-        status,
-        message,
-        type="server_overloaded" if status == 503 else "rate_limit_error",
-        code="overloaded" if status == 429 else "no_healthy_worker",
-        headers={"Retry-After": str(retry_after_s)},
-    )
-
-
-def error_response(exc: Exception, where: str) -> Response:
-    """The client's answer to an exception: its own body for a ``GatewayError``, else a plain
-    500 (the traceback goes to the log, never to the client)."""
-    if isinstance(exc, GatewayError):
-        return exc.to_response()
-    log.error("unhandled error on %s", where, exc_info=exc)
-    return GatewayError(
-        500, "internal error in the gateway", type="server_error", code="internal_error"
-    ).to_response()
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    """Make every error path answer in OpenAI's shape."""
-
-    async def on_error(request: Request, exc: Exception) -> Response:
-        return error_response(exc, f"{request.method} {request.url.path}")
-
-    async def on_http_error(_: Request, exc: Exception) -> Response:
-        assert isinstance(exc, StarletteHTTPException)
-        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-        return GatewayError(exc.status_code, str(exc.detail), type=kind).to_response()
-
-    async def on_validation_error(_: Request, exc: Exception) -> Response:
-        assert isinstance(exc, RequestValidationError)
-        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-        param = ".".join(str(p) for p in first["loc"] if p not in ("body", "query", "header"))
-        return invalid_request(f"{param}: {first['msg']}", param=param or None).to_response()
-
-    app.add_exception_handler(GatewayError, on_error)
-    app.add_exception_handler(StarletteHTTPException, on_http_error)
-    app.add_exception_handler(RequestValidationError, on_validation_error)
-    app.add_exception_handler(Exception, on_error)
+def gateway_timeout(message: str) -> UpstreamTimeout:
+    return UpstreamTimeout(message)

@@ -24,6 +24,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from gateway.access.stores import (
@@ -41,10 +42,20 @@ from gateway.access.stores import (
     to_nusd,
 )
 from gateway.config import AuthConfig, SharedStateConfig
-from gateway.errors import GatewayError
+from gateway.errors import (
+    GatewayError,
+    InvalidRequest,
+    PermissionDenied,
+    QuotaExceeded,
+    RateLimited,
+    Unauthenticated,
+    Unavailable,
+)
 from gateway.metering.meter import PriceBook
 from gateway.metrics import GatewayMetrics
 from strategies.base import TokenBound
+
+E = TypeVar("E", bound=GatewayError)
 
 log = logging.getLogger("ttc.access")
 
@@ -173,7 +184,7 @@ class AccessControl:
                 return OPEN
             if secret is None:
                 raise _denied(
-                    401,
+                    Unauthenticated,
                     "This gateway requires an API key: send `Authorization: Bearer <key>`",
                     "missing_api_key",
                     "missing_key",
@@ -232,12 +243,16 @@ class AccessControl:
         record, m = result.record, self.metrics
         limits = record.limits if record is not None else None
         if result.verdict == "unknown" or limits is None:
-            return _denied(401, "Incorrect API key provided", "invalid_api_key", "unknown_key", m)
+            return _denied(
+                Unauthenticated, "Incorrect API key provided", "invalid_api_key", "unknown_key", m
+            )
         if result.verdict == "revoked":
-            return _denied(401, "This API key was revoked", "invalid_api_key", "revoked_key", m)
+            return _denied(
+                Unauthenticated, "This API key was revoked", "invalid_api_key", "revoked_key", m
+            )
         if result.verdict == "max_k":
             return _denied(
-                403,
+                PermissionDenied,
                 f"k={k} is more samples than this API key may ask for (max_k={limits.max_k})",
                 "k_not_allowed",
                 "max_k",
@@ -247,7 +262,7 @@ class AccessControl:
         if result.verdict == "strategy":
             allowed = ", ".join(limits.strategies or ())
             return _denied(
-                403,
+                PermissionDenied,
                 f"strategy {strategy!r} is not allowed for this API key (allowed: {allowed})",
                 "strategy_not_allowed",
                 "strategy",
@@ -256,7 +271,7 @@ class AccessControl:
             )
         if result.verdict == "tpm_request":
             return _denied(
-                400,
+                InvalidRequest,
                 f"this request may use up to {bound.total} tokens ({bound.prompt_tokens} prompt, "
                 f"{bound.completion_tokens} generated over all samples), more than this API "
                 f"key's {limits.tokens_per_minute} tokens per minute; lower max_tokens or k",
@@ -265,45 +280,41 @@ class AccessControl:
                 m,
                 param="max_tokens",
             )
-        retry_after = str(max(1, math.ceil(WINDOW_S - time.time() % WINDOW_S)))
+        retry_after = max(1, math.ceil(WINDOW_S - time.time() % WINDOW_S))
         if result.verdict == "rpm":
             return _denied(
-                429,
+                RateLimited,
                 f"Rate limit reached: {limits.requests_per_minute} requests per minute",
                 "rate_limit_exceeded",
                 "rpm",
                 m,
                 type="rate_limit_error",
-                headers={
-                    "Retry-After": retry_after,
-                    "x-ratelimit-limit-requests": str(limits.requests_per_minute),
-                    "x-ratelimit-remaining-requests": "0",
+                retry_after_s=retry_after,
+                ratelimit={
+                    "limit-requests": str(limits.requests_per_minute),
+                    "remaining-requests": "0",
                 },
             )
         if result.verdict == "tpm":
             return _denied(
-                429,
+                RateLimited,
                 f"Rate limit reached: {limits.tokens_per_minute} tokens per minute (this request "
                 f"reserves up to {bound.total})",
                 "rate_limit_exceeded",
                 "tpm",
                 m,
                 type="rate_limit_error",
-                headers={
-                    "Retry-After": retry_after,
-                    "x-ratelimit-limit-tokens": str(limits.tokens_per_minute),
-                },
+                retry_after_s=retry_after,
+                ratelimit={"limit-tokens": str(limits.tokens_per_minute)},
             )
         used = result.used_nusd / 1e9
         return _denied(
-            429,
+            QuotaExceeded,
             f"This API key's budget of ${limits.budget_usd:g} is used up: ${used:.6f} spent or "
             f"reserved, and this request may cost up to ${self.prices.cost(bound):.6f}",
             "insufficient_quota",
             "budget",
             m,
-            type="insufficient_quota",
-            headers={"x-should-retry": "false"},  # the openai SDK would retry a 429 otherwise
         )
 
     # -- settlement -------------------------------------------------------------------------
@@ -343,12 +354,11 @@ class AccessControl:
                 nothing = Reservation(record.key_hash, minute_window(time.time()), 0, 0)
                 return Admission(record.id, nothing, self)
         self.metrics.degraded_admissions.labels("rejected").inc()
-        raise GatewayError(
-            503,
+        raise Unavailable(
             "API keys cannot be checked right now (shared state unavailable); retry shortly",
             type="server_error",
             code="shared_state_unavailable",
-            headers={"Retry-After": "1"},
+            retry_after_s=1,
         )
 
     def _unhealthy(self, operation: str, exc: StateUnavailable) -> None:
@@ -372,15 +382,12 @@ class AccessControl:
 
 
 def _denied(
-    status: int,
+    kind: type[E],
     message: str,
     code: str,
     reason: str,
     metrics: GatewayMetrics,
-    *,
-    param: str | None = None,
-    type: str = "invalid_request_error",
-    headers: dict[str, str] | None = None,
-) -> GatewayError:
+    **fields: Any,
+) -> E:
     metrics.access_denied.labels(reason).inc()
-    return GatewayError(status, message, type=type, param=param, code=code, headers=headers)
+    return kind(message, code=code, **fields)

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import aiohttp
 
 from gateway.config import EngineKind
-from gateway.errors import GatewayError, bad_gateway
+from gateway.errors import InvalidRequest, bad_gateway
 
 log = logging.getLogger("ttc.engines")
 
@@ -53,8 +53,7 @@ class EngineAdapter:
 
     async def render_chat(self, call: RenderCall, messages: list[dict[str, Any]]) -> str:
         """The engine's chat template applied to ``messages``, generation prompt appended."""
-        raise GatewayError(
-            400,
+        raise InvalidRequest(
             f"a {self.kind.value} engine cannot render chat templates for raw-prompt step "
             "continuation; this strategy needs a llama.cpp or vLLM pool for that role",
             code="render_unsupported",

@@ -18,7 +18,7 @@ from gateway import __version__
 from gateway.access.control import AccessControl, PriceCeiling, open_store
 from gateway.access.response_cache import ResponseCache
 from gateway.config import GatewaySettings
-from gateway.errors import install_error_handlers
+from gateway.http.errors import install_error_handlers
 from gateway.http.middleware import RequestIdMiddleware
 from gateway.http.routes import GatewayState, SamplingFastLane, router
 from gateway.metering.meter import Meter, load_price_book, warn_unpriced

@@ -22,7 +22,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from gateway.access.control import OPEN, AccessControl, Admission
 from gateway.access.response_cache import CachedAnswer, ResponseCache
 from gateway.config import GatewaySettings
-from gateway.errors import GatewayError, error_response, invalid_request, model_not_found
+from gateway.errors import GatewayError, RequestTooLarge, invalid_request, model_not_found
+from gateway.http.errors import error_response, status_of
 from gateway.http.streaming import ClientDisconnected, DisconnectAwareStream, cancel_on_disconnect
 from gateway.metrics import GatewayMetrics
 from gateway.openai.requests import (
@@ -48,6 +49,7 @@ from strategies import (
 router = APIRouter()
 
 STRATEGY_HEADER = "x-ttc-strategy"
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left before its answer
 PARAM_HEADER_PREFIX = "x-ttc-"
 
 
@@ -73,16 +75,12 @@ async def read_json_body(request: Request, limit: int) -> Any:
     """The decoded body, or 413 when larger than ``limit`` bytes, or 400 when not JSON."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise GatewayError(
-            413, f"request body is larger than {limit} bytes", code="request_too_large"
-        )
+        raise RequestTooLarge(f"request body is larger than {limit} bytes")
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
-            raise GatewayError(
-                413, f"request body is larger than {limit} bytes", code="request_too_large"
-            )
+            raise RequestTooLarge(f"request body is larger than {limit} bytes")
     if not body:
         raise invalid_request(
             "The request body is empty; expected a JSON object", code="invalid_json"
@@ -242,6 +240,7 @@ async def _sampling(request: Request, endpoint: str) -> Response:
     model = "-"
     admission = OPEN
     streaming = False  # a stream is counted and settled when it ends, not when this returns
+    status = 200  # what the request ended with, for the count
     try:
         body = await read_json_body(request, state.settings.limits.max_body_bytes)
         check_depth(body, state.settings.limits.max_json_depth)
@@ -340,14 +339,14 @@ async def _sampling(request: Request, endpoint: str) -> Response:
             await _remember(state, cache_key, response)
         return response
     except GatewayError as exc:
-        ctx.status = exc.status
+        status = status_of(exc)
         raise
     except ClientDisconnected:
-        ctx.status = 499  # nginx's "client closed request"; no response is sent
+        status = CLIENT_CLOSED_REQUEST  # no response is sent
         state.metrics.client_disconnects.labels(model, endpoint).inc()
-        return Response(status_code=499)
+        return Response(status_code=status)
     except BaseException:
-        ctx.status = 500
+        status = 500
         raise
     finally:
         if not streaming:
@@ -355,12 +354,14 @@ async def _sampling(request: Request, endpoint: str) -> Response:
                 await finish_even_if_cancelled(state.upstream.bill_cut_calls(ctx))
                 await _settle(admission, ctx)
             finally:
-                _count(state, ctx, model, endpoint)
+                _count(state, ctx, model, endpoint, status)
 
 
-def _count(state: GatewayState, ctx: RequestContext, model: str, endpoint: str) -> None:
+def _count(
+    state: GatewayState, ctx: RequestContext, model: str, endpoint: str, status: int
+) -> None:
     """The request has ended: count it once, with its final status."""
-    state.metrics.requests.labels(ctx.strategy, model, endpoint, str(ctx.status)).inc()
+    state.metrics.requests.labels(ctx.strategy, model, endpoint, str(status)).inc()
     state.metrics.request_duration.labels(ctx.strategy, model, endpoint).observe(
         time.perf_counter() - ctx.arrived
     )
@@ -381,25 +382,28 @@ async def _stream_response(
     status too (``scope["state"]["final_status"]``)."""
 
     async def finish_after(body: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
+        status = 200
         try:
             yield b""  # primed: settled and counted even if the client leaves before a chunk
             async for chunk in body:
                 yield chunk
         except (asyncio.CancelledError, GeneratorExit):
-            if ctx.status == 200:  # not a stream that had already ended with an error event
-                ctx.status = 499  # the client went away (or the server is shutting down)
+            # the client went away (or the server is shutting down)
+            status = CLIENT_CLOSED_REQUEST
             raise
         except BaseException:
-            ctx.status = 500
+            status = 500
             raise
         finally:
+            if ctx.failure is not None and status != 500:  # it had ended with an error event
+                status = status_of(ctx.failure)
             try:
                 await body.aclose()
                 await finish_even_if_cancelled(state.upstream.bill_cut_calls(ctx))
                 await _settle(admission, ctx)
             finally:
-                request.scope["state"]["final_status"] = ctx.status
-                _count(state, ctx, model, endpoint)
+                request.scope["state"]["final_status"] = status
+                _count(state, ctx, model, endpoint, status)
 
     return DisconnectAwareStream(
         await primed(finish_after(body)),

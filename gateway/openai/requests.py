@@ -123,7 +123,7 @@ def _param_path(loc: tuple[int | str, ...]) -> str:
 
 
 def parse_request(model: type[R], body: Any, limits: LimitsConfig) -> R:
-    """Validate a decoded JSON body; raise a 400 naming the first offending field."""
+    """Validate a decoded JSON body; raise ``InvalidRequest`` naming the first offending field."""
     if not isinstance(body, dict):
         raise invalid_request("The request body must be a JSON object", code="invalid_json")
     try:

@@ -19,7 +19,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.errors import GatewayError, bad_gateway, invalid_request
+from gateway.errors import GatewayError, InternalError, bad_gateway, invalid_request
 from gateway.metrics import GatewayMetrics
 from gateway.openai.chunks import Usage
 from gateway.openai.sse import encode_comment, encode_done, encode_event
@@ -92,7 +92,7 @@ class StrategyRunner:
         single: bool,
         n: int = 1,
     ) -> None:
-        """``X-TTC-Max-Cost-USD``, before anything is generated: 400 naming it when the prompt
+        """``X-TTC-Max-Cost-USD``, before anything is generated: ``InvalidRequest`` naming it when the prompt
         alone (counted by a worker's tokenizer, at the uncached input price) costs more; for
         ``single``, the completion tokens the rest pays for (``ctx.cost_cap_tokens``, which
         becomes its ``max_tokens``). Strategies are stopped by ``BudgetGuard`` instead."""
@@ -286,14 +286,12 @@ class StrategyRunner:
             error = exc if isinstance(exc, GatewayError) else None
             if error is None:
                 log.error("strategy %s failed mid-stream", spec.name, exc_info=exc)
-                error = GatewayError(
-                    500, "internal error in the gateway", type="server_error", code="internal_error"
-                )
+                error = InternalError()
             else:
                 log.warning(
                     "stream %s (%s) ended with an error: %s", ctx.request_id, spec.name, exc
                 )
-            ctx.status = error.status
+            ctx.failure = error
             yield encode_event(error.body())
             yield encode_done()
             return

@@ -1,11 +1,11 @@
 """Forwarding one request to one worker: the plumbing under the ``single`` strategy.
 
 ``Upstream.open`` sends a body to the best worker of a pool and returns the live response, or
-raises an OpenAI-style error: a worker that cannot be reached is taken out of rotation, and a
-worker that answers 5xx counts against its circuit breaker, and either way the request is
-retried on another worker (nothing reached the client yet, so this is safe); a worker timeout is
-a 504 (not retried: the work may be running), a worker 5xx or a malformed answer a 502, a worker
-4xx is passed on with its message.
+raises a domain error (``gateway.errors``): a worker that cannot be reached is taken out of
+rotation, and a worker that answers 5xx counts against its circuit breaker, and either way the
+request is retried on another worker (nothing reached the client yet, so this is safe); a worker
+that goes silent is ``UpstreamTimeout`` (not retried: the work may be running), a worker 5xx or
+a malformed answer ``UpstreamFailed``, a worker 4xx ``UpstreamRejected`` with its message.
 
 ``Upstream.complete`` and ``Upstream.stream`` answer a client from that response. Streams are
 relayed chunk by chunk; when the relay stops early (client gone, deadline) the upstream
@@ -25,7 +25,14 @@ from typing import Any
 import aiohttp
 import orjson
 
-from gateway.errors import GatewayError, bad_gateway, gateway_timeout
+from gateway.errors import (
+    DeadlineExceeded,
+    GatewayError,
+    RateLimited,
+    UpstreamRejected,
+    bad_gateway,
+    gateway_timeout,
+)
 from gateway.metering.meter import Meter, ModelPrice, RequestMeter
 from gateway.metrics import GatewayMetrics
 from gateway.openai.chunks import (
@@ -62,9 +69,9 @@ class RequestContext:
     role: str = "default"  # the pool role the calls serve (small, large, judge)
     # The client's own deadline (X-TTC-Deadline-Ms), when it is the one that binds.
     client_deadline_ms: int | None = None
-    # The status the request ended with, for metrics and the access log: a stream is sent
-    # with 200, then may end with an error event (its status here) or a client gone (499).
-    status: int = 200
+    # The error an answer that had started (a stream sent with 200) ended with, as an error
+    # event: the request is counted and logged with it.
+    failure: GatewayError | None = None
     # X-TTC-Max-Cost-USD: the prompt's tokens as a worker counted them, and what the rest of
     # the cap pays for in generated tokens (``single``)
     counted_prompt_tokens: int | None = None
@@ -88,20 +95,14 @@ class RequestContext:
         """The client's answer when the request's deadline passed: it names the deadline that
         fired (the client's header, or the gateway's limit), never a worker."""
         if self.client_deadline_ms is not None:
-            return GatewayError(
-                504,
+            return DeadlineExceeded(
                 f"the request's deadline (X-TTC-Deadline-Ms: {self.client_deadline_ms}) passed "
                 "before the answer was complete",
-                type="timeout_error",
                 param="X-TTC-Deadline-Ms",
-                code="deadline_exceeded",
             )
-        return GatewayError(
-            504,
+        return DeadlineExceeded(
             f"the request ran past this gateway's limit of {self.deadline_s:g} s "
-            "(limits.request_timeout_s)",
-            type="timeout_error",
-            code="deadline_exceeded",
+            "(limits.request_timeout_s)"
         )
 
     @property
@@ -185,16 +186,10 @@ class Upstream:
             return bad_gateway(f"worker {worker.name} failed: {message}")
         self.count_error(pool, worker, "http_4xx")
         if response.status == 429:
-            return GatewayError(
-                429,
-                f"worker is overloaded: {message}",
-                type="rate_limit_error",
-                code="upstream_overloaded",
-                headers={"Retry-After": "1"},
+            return RateLimited(
+                f"worker is overloaded: {message}", code="upstream_overloaded", retry_after_s=1
             )
-        return GatewayError(
-            response.status if response.status != 404 else 400, message, code="upstream_rejected"
-        )
+        return UpstreamRejected(message, worker_status=response.status)
 
     def _translate(
         self, pool: WorkerPool, worker: Worker, exc: BaseException, ctx: RequestContext
@@ -346,7 +341,7 @@ class Upstream:
                             worker.name,
                             _error_message(data),
                         )
-                        ctx.status = 502
+                        ctx.failure = bad_gateway(f"worker {worker.name} sent an error event")
                         broken = True  # the worker failed: nothing of its work is estimated
                         self.count_error(pool, worker, "protocol")
                         yield encode_event(chunk)
@@ -389,7 +384,7 @@ class Upstream:
             if error.code != "deadline_exceeded":
                 error.code = "stream_interrupted"
             log.warning("stream %s from %s broke: %s", ctx.request_id, worker.name, error.message)
-            ctx.status = error.status
+            ctx.failure = error
             yield encode_event(error.body())
             yield encode_done()
         finally:

@@ -29,7 +29,7 @@ import aiohttp
 from gateway.config import CircuitBreakerConfig, HealthCheckConfig, PoolConfig, Role, WorkerConfig
 from gateway.engines.adapters import EngineAdapter, RenderCall, adapter_for
 from gateway.engines.metrics import EngineStats, scrape_engine
-from gateway.errors import GatewayError, model_not_found, overloaded
+from gateway.errors import InvalidRequest, RateLimited, Unavailable, model_not_found
 from gateway.metering.energy import BusyClock
 from gateway.metrics import GatewayMetrics
 from gateway.upstream.breaker import BreakerState, CircuitBreaker
@@ -290,7 +290,7 @@ class WorkerPool:
         sequences: int = 1,
     ) -> WorkerLease:
         """Take a slot on ``prefer`` when it is healthy, its circuit lets requests through and
-        it has room, else on the least-loaded such worker (ties rotate), or raise 429/503.
+        it has room, else on the least-loaded such worker (ties rotate), or raise ``RateLimited`` (all busy) / ``Unavailable`` (none healthy).
         ``sequences``: the samples the request carries (its ``n``)."""
         healthy, candidates = self._candidates(exclude)
         if (
@@ -302,17 +302,15 @@ class WorkerPool:
         if not candidates:
             if healthy:
                 wait = min(w.breaker.seconds_until_probe() for w in healthy)
-                raise GatewayError(
-                    503,
+                raise Unavailable(
                     f"every worker for model {self.model!r} is failing (circuit open); "
                     "retrying after Retry-After",
-                    type="server_overloaded",
                     code="circuit_open",
-                    headers={"Retry-After": str(max(1, math.ceil(wait)))},
+                    retry_after_s=max(1, math.ceil(wait)),
                 )
-            raise overloaded(
+            raise Unavailable(
                 f"no healthy worker is available for model {self.model!r}",
-                status=503,
+                code="no_healthy_worker",
                 retry_after_s=max(1, round(self._health.interval_s)),
             )
         start = next(self._rotation) % len(candidates)
@@ -324,7 +322,11 @@ class WorkerPool:
             ):
                 best = worker
         if best is None:
-            raise overloaded(f"all workers for model {self.model!r} are at capacity")
+            raise RateLimited(
+                f"all workers for model {self.model!r} are at capacity",
+                code="overloaded",
+                retry_after_s=1,
+            )
         return self._take(best, sequences)
 
     def _take(self, worker: Worker, sequences: int) -> WorkerLease:
@@ -435,8 +437,8 @@ class PoolRegistry:
         """The pool playing ``role``; prefer one serving ``model`` when it has that role."""
         with_role = [p for p in self.pools if role in p.config.roles]
         if not with_role:
-            raise GatewayError(
-                400, f"no pool has the role {role.value!r}", param="ttc", code="role_not_configured"
+            raise InvalidRequest(
+                f"no pool has the role {role.value!r}", param="ttc", code="role_not_configured"
             )
         for pool in with_role:
             if pool.model == model and pool.ready:

@@ -19,6 +19,7 @@ from gateway.access.stores import (
 )
 from gateway.config import AuthConfig, SharedStateConfig
 from gateway.errors import GatewayError
+from gateway.http.errors import headers_of, status_of
 from gateway.metering.meter import ModelPrice, PriceBook
 from gateway.metrics import GatewayMetrics
 from gateway.openai.requests import prompt_token_bound
@@ -73,17 +74,17 @@ async def test_without_any_key_the_gateway_is_open_and_reserves_nothing() -> Non
 async def test_once_a_key_exists_requests_need_it() -> None:
     access, _, secret = await control()
     missing = await refusal(access, None)
-    assert (missing.status, missing.code) == (401, "missing_api_key")
+    assert (status_of(missing), missing.code) == (401, "missing_api_key")
     wrong = await refusal(access, "Bearer ttc-wrong")
-    assert (wrong.status, wrong.code) == (401, "invalid_api_key")
-    assert (await refusal(access, f"Basic {secret}")).status == 401
+    assert (status_of(wrong), wrong.code) == (401, "invalid_api_key")
+    assert status_of(await refusal(access, f"Basic {secret}")) == 401
     admission = await access.admit(f"Bearer {secret}", "single", 1, worst)
     assert admission.key_id == "k1"
 
 
 async def test_mode_on_requires_a_key_even_before_one_exists_and_off_never() -> None:
     on, _, _ = await control(mode="on", no_key=True)
-    assert (await refusal(on, None)).status == 401
+    assert status_of(await refusal(on, None)) == 401
     off, _, _ = await control(mode="off")
     assert (await off.admit(None, "single", 1, worst)).key_id is None
 
@@ -91,10 +92,10 @@ async def test_mode_on_requires_a_key_even_before_one_exists_and_off_never() -> 
 async def test_policy_refusals_name_the_header_and_are_not_retryable_429s() -> None:
     access, _, secret = await control(max_k=4, strategies=("single", "majority_vote"))
     too_many = await refusal(access, f"Bearer {secret}", strategy="majority_vote", k=8)
-    assert (too_many.status, too_many.param, too_many.code) == (403, "X-TTC-K", "k_not_allowed")
+    assert (status_of(too_many), too_many.param, too_many.code) == (403, "X-TTC-K", "k_not_allowed")
     assert "max_k=4" in too_many.message
     other = await refusal(access, f"Bearer {secret}", strategy="best_of_n")
-    assert (other.status, other.param) == (403, "X-TTC-Strategy")
+    assert (status_of(other), other.param) == (403, "X-TTC-Strategy")
     assert "single, majority_vote" in other.message
 
 
@@ -102,19 +103,19 @@ async def test_rate_limits_answer_429_with_retry_after_and_openai_headers() -> N
     access, _, secret = await control(requests_per_minute=1)
     await access.admit(f"Bearer {secret}", "single", 1, worst)
     limited = await refusal(access, f"Bearer {secret}")
-    assert (limited.status, limited.type, limited.code) == (
+    assert (status_of(limited), limited.type, limited.code) == (
         429,
         "rate_limit_error",
         "rate_limit_exceeded",
     )
-    assert 1 <= int(limited.headers["Retry-After"]) <= 60
-    assert limited.headers["x-ratelimit-limit-requests"] == "1"
+    assert 1 <= int(headers_of(limited)["Retry-After"]) <= 60
+    assert headers_of(limited)["x-ratelimit-limit-requests"] == "1"
 
 
 async def test_a_request_bigger_than_the_token_limit_is_a_400_naming_max_tokens() -> None:
     access, _, secret = await control(tokens_per_minute=499)
     error = await refusal(access, f"Bearer {secret}")
-    assert (error.status, error.param) == (400, "max_tokens")
+    assert (status_of(error), error.param) == (400, "max_tokens")
     assert "up to 500 tokens" in error.message
 
 
@@ -122,8 +123,8 @@ async def test_budget_reserves_the_priced_worst_case_and_settles_to_the_real_cos
     access, store, secret = await control(budget_usd=0.001)  # one request of $0.0009 fits
     first = await access.admit(f"Bearer {secret}", "single", 1, worst)
     exhausted = await refusal(access, f"Bearer {secret}")
-    assert (exhausted.status, exhausted.code) == (429, "insufficient_quota")
-    assert exhausted.headers["x-should-retry"] == "false"  # the SDK must not retry it
+    assert (status_of(exhausted), exhausted.code) == (429, "insufficient_quota")
+    assert headers_of(exhausted)["x-should-retry"] == "false"  # the SDK must not retry it
     assert "$0.000900 spent or reserved" in exhausted.message
     await first.settle(tokens=120, cost_usd=0.0001)
     await first.settle(tokens=120, cost_usd=0.0001)  # once only
@@ -177,8 +178,8 @@ async def test_open_policy_serves_keys_seen_before_and_books_their_spend_when_ba
     during = await access.admit("Bearer ttc-known", "single", 1, worst)
     assert during.key_id == "k1"
     unseen = await refusal(access, "Bearer ttc-unseen")
-    assert (unseen.status, unseen.code) == (503, "shared_state_unavailable")
-    assert unseen.headers["Retry-After"] == "1"
+    assert (status_of(unseen), unseen.code) == (503, "shared_state_unavailable")
+    assert headers_of(unseen)["Retry-After"] == "1"
     await during.settle(tokens=10, cost_usd=0.5)  # kept, not lost
     assert metrics.shared_state_up.labels("memory")._value.get() == 0
     store.down = False
@@ -194,7 +195,7 @@ async def test_closed_policy_refuses_everything_with_503_while_the_store_is_down
     store.down = True
     access._has_keys = None
     error = await refusal(access, "Bearer ttc-known")
-    assert (error.status, error.code) == (503, "shared_state_unavailable")
+    assert (status_of(error), error.code) == (503, "shared_state_unavailable")
 
 
 def test_the_prompt_bound_counts_bytes_and_template_tokens() -> None:

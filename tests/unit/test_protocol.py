@@ -6,6 +6,7 @@ import pytest
 
 from gateway.config import LimitsConfig
 from gateway.errors import GatewayError
+from gateway.http.errors import status_of
 from gateway.openai.requests import ChatCompletionRequest, CompletionRequest, parse_request
 
 LIMITS = LimitsConfig(max_n=8, max_tokens=1000)
@@ -15,7 +16,7 @@ GOOD: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "
 def _error(body: Any, model: type = ChatCompletionRequest) -> GatewayError:
     with pytest.raises(GatewayError) as caught:
         parse_request(model, body, LIMITS)
-    assert caught.value.status == 400
+    assert status_of(caught.value) == 400
     return caught.value
 
 
