@@ -92,10 +92,11 @@ class StrategyRunner:
         single: bool,
         n: int = 1,
     ) -> None:
-        """``X-TTC-Max-Cost-USD``, before anything is generated: ``InvalidRequest`` naming it when the prompt
-        alone (counted by a worker's tokenizer, at the uncached input price) costs more; for
-        ``single``, the completion tokens the rest pays for (``ctx.cost_cap_tokens``, which
-        becomes its ``max_tokens``). Strategies are stopped by ``BudgetGuard`` instead."""
+        """``X-TTC-Max-Cost-USD``, before anything is generated: ``InvalidRequest`` naming it
+        when the prompt alone (counted by a worker's tokenizer, at the uncached input price)
+        costs more; for ``single``, the completion tokens the rest pays for
+        (``ctx.cost_cap_tokens``, which becomes its ``max_tokens``). Strategies are stopped by
+        ``BudgetGuard`` instead."""
         price = self.upstream.price_of(pool.model)
         prompt_tokens = await self.upstream.count_prompt(pool, ctx, body)
         ctx.counted_prompt_tokens = prompt_tokens

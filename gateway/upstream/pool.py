@@ -290,7 +290,8 @@ class WorkerPool:
         sequences: int = 1,
     ) -> WorkerLease:
         """Take a slot on ``prefer`` when it is healthy, its circuit lets requests through and
-        it has room, else on the least-loaded such worker (ties rotate), or raise ``RateLimited`` (all busy) / ``Unavailable`` (none healthy).
+        it has room, else on the least-loaded such worker (ties rotate), or raise
+        ``RateLimited`` (all busy) or ``Unavailable`` (none healthy).
         ``sequences``: the samples the request carries (its ``n``)."""
         healthy, candidates = self._candidates(exclude)
         if (
