@@ -126,16 +126,11 @@ class GatewayMetrics:
             ["result"],
             registry=r,
         )
-        self.cascade_decisions = Counter(
-            "ttc_cascade_decisions",
-            "Cascade requests by decision: accepted (the small pool's answer) or escalated",
-            ["decision"],
-            registry=r,
-        )
-        self.spec_reason_steps = Counter(
-            "ttc_spec_reason_steps",
-            "spec_reason draft steps by the large model's verdict: accepted or rejected",
-            ["decision"],
+        self.strategy_decisions = Counter(
+            "ttc_strategy_decisions",
+            "What strategies decided, as each reports it: cascade requests accepted or "
+            "escalated; spec_reason draft steps accepted or rejected",
+            ["strategy", "decision"],
             registry=r,
         )
         self.early_stop_saved_tokens = Counter(

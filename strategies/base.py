@@ -134,6 +134,10 @@ class StrategyOutcome:
     votes: dict[str, int] = field(default_factory=dict)
     truncated: bool = False
     report: dict[str, Any] = field(default_factory=dict)  # strategy-specific decisions
+    # What the strategy decided, counted by kind (cascade: "accepted" or "escalated";
+    # spec_reason: draft steps "accepted" and "rejected"): exported as
+    # ttc_strategy_decisions_total{strategy, decision}, so the gateway needs no strategy's name.
+    decisions: dict[str, int] = field(default_factory=dict)
 
 
 StrategyRun = Callable[[StrategyTask], Awaitable[StrategyOutcome]]

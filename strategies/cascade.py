@@ -163,11 +163,11 @@ async def run(task: StrategyTask) -> StrategyOutcome:
     if accept or truncated:
         task.decided()
         report["escalated"] = False
-        small.report = report
+        small.report, small.decisions = report, {"accepted": 1}
         return small
     large, report["large"] = await _escalate(task)
     report["escalated"] = True
-    large.report = report
+    large.report, large.decisions = report, {"escalated": 1}
     return large
 
 

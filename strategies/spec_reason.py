@@ -259,7 +259,8 @@ async def run(task: StrategyTask) -> StrategyOutcome:
         finish_reason="stop" if natural else "length",
         answer=extract_answer(content) if content else None,
         truncated=truncated,
-        report=trace.summary(stopped),
+        report=(summary := trace.summary(stopped)),
+        decisions={"accepted": summary["accepted"], "rejected": summary["rejected"]},
     )
 
 

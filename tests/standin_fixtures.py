@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import orjson
 from fastapi import FastAPI
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.config import EngineKind, GatewaySettings, HealthCheckConfig, PoolConfig, WorkerConfig
 from gateway.http.app import create_app
@@ -53,6 +54,16 @@ class RunningGateway:
 
     async def in_flight(self) -> dict[str, int]:
         return {url: w["in_flight"] for url, w in (await self.workers()).items()}
+
+    async def metric(self, name: str, **labels: str) -> float:
+        """The sum of ``/metrics``' samples named ``name`` whose labels include ``labels``."""
+        text = (await self.client.get("/metrics")).text
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == name and labels.items() <= sample.labels.items()
+        )
 
 
 @contextlib.asynccontextmanager

@@ -158,17 +158,18 @@ STRATEGIES = Dashboard(
         Panel(
             "Cascade escalation rate",
             {
-                "escalated": "(sum(rate(ttc_cascade_decisions_total"
-                f'{{decision="escalated"}}{R})) or vector(0)) '
-                f"/ sum(rate(ttc_cascade_decisions_total{R}))"
+                "escalated": "(sum(rate(ttc_strategy_decisions_total"
+                f'{{strategy="cascade",decision="escalated"}}{R})) or vector(0)) '
+                f'/ sum(rate(ttc_strategy_decisions_total{{strategy="cascade"}}{R}))'
             },
             "percentunit",
         ),
         Panel(
             "spec_reason steps accepted",
             {
-                "accepted": f'sum(rate(ttc_spec_reason_steps_total{{decision="accepted"}}{R})) '
-                f"/ sum(rate(ttc_spec_reason_steps_total{R}))"
+                "accepted": "sum(rate(ttc_strategy_decisions_total"
+                f'{{strategy="spec_reason",decision="accepted"}}{R})) '
+                f'/ sum(rate(ttc_strategy_decisions_total{{strategy="spec_reason"}}{R}))'
             },
             "percentunit",
             "Share of the small model's draft steps the large model accepted",

@@ -190,10 +190,12 @@ class StrategyRunner:
         }
         if ctx.meter is not None and self.upstream.meter is not None:
             report.update(await self.upstream.meter.report(ctx.meter))
-        self._observe(spec.name, model, report)
+        self._observe(spec.name, model, report, outcome)
         return StrategyResult(outcome, usage, report)
 
-    def _observe(self, strategy: str, model: str, report: dict[str, Any]) -> None:
+    def _observe(
+        self, strategy: str, model: str, report: dict[str, Any], outcome: StrategyOutcome
+    ) -> None:
         """The strategy's economics, as metrics."""
         m = self.metrics
         m.time_to_decision.labels(strategy, model).observe(report["time_to_decision_ms"] / 1000)
@@ -202,11 +204,8 @@ class StrategyRunner:
         decisions = report.get("decisions") or {}
         if "agreement" in decisions and report["votes"]:
             m.vote_agreement.labels(strategy).observe(decisions["agreement"])
-        if "escalated" in decisions:
-            m.cascade_decisions.labels("escalated" if decisions["escalated"] else "accepted").inc()
-        if strategy == "spec_reason":
-            m.spec_reason_steps.labels("accepted").inc(decisions.get("accepted", 0))
-            m.spec_reason_steps.labels("rejected").inc(decisions.get("rejected", 0))
+        for decision, count in outcome.decisions.items():
+            m.strategy_decisions.labels(strategy, decision).inc(count)
         m.early_stop_saved_tokens.labels(strategy).inc(report["early_stop_saved_tokens"])
 
     def _count_samples(self, strategy: str, counts: dict[str, int]) -> None:

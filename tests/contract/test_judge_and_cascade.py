@@ -44,11 +44,17 @@ async def test_cascade_calls_the_large_pool_only_when_the_small_samples_disagree
         response = await gw.client.post(
             "/v1/chat/completions", json=chat_body(), headers={"X-TTC-Strategy": "cascade"}
         )
+        decisions = {
+            d: await gw.metric("ttc_strategy_decisions_total", strategy="cascade", decision=d)
+            for d in ("accepted", "escalated")
+        }
     assert response.status_code == 200, response.text
     body = response.json()
     report = body["ttc"]
     assert [r.body["n"] for r in small.engine.requests] == [3]  # k=3 in one request
     assert report["decisions"]["escalated"] is escalated
+    # the strategy's own count of its decision, exported as it reported it
+    assert decisions == {"accepted": float(not escalated), "escalated": float(escalated)}
     small_tokens = 12  # three samples of 4 tokens
     if escalated:
         assert [r.body["n"] for r in large.engine.requests] == [1]  # escalate_to=single

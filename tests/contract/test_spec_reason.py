@@ -44,7 +44,12 @@ async def ask(
             headers={"X-TTC-Strategy": "spec_reason", **dict.fromkeys(small, "")},
         )
         assert await gw.in_flight() == {s1.url: 0, s2.url: 0, big.url: 0}
-    return {"status": response.status_code, **response.json()}, [s1, s2], big
+        counted = {  # the draft steps' verdicts as exported
+            d: await gw.metric("ttc_strategy_decisions_total", strategy="spec_reason", decision=d)
+            for d in ("accepted", "rejected")
+        }
+    body = {"status": response.status_code, "counted": counted, **response.json()}
+    return body, [s1, s2], big
 
 
 async def test_accepted_drafts_stay_on_one_small_worker_and_usage_sums_every_call() -> None:
@@ -55,6 +60,7 @@ async def test_accepted_drafts_stay_on_one_small_worker_and_usage_sums_every_cal
     report = body["ttc"]["decisions"]  # type: ignore[index]
     assert [s["by"] for s in report["steps"]] == ["small", "small"]
     assert (report["accepted"], report["rejected"], report["stopped"]) == (2, 0, "repeated_step")
+    assert body["counted"] == {"accepted": 2.0, "rejected": 0.0}
     # every draft went to the same small worker (its prefix cache holds the prompt)
     drafts = [completions(s) for s in small]
     assert sorted(len(d) for d in drafts) == [0, 2]
@@ -93,6 +99,7 @@ async def test_a_low_grade_makes_the_large_model_write_the_step() -> None:
     assert steps == [
         {"by": "large", "score": 3.0, "accepted": False, "draft_tokens": 2, "tokens": 6}
     ]
+    assert body["counted"] == {"accepted": 0.0, "rejected": 1.0}
     assert [g["max_tokens"] for g in completions(large)] == [1, 512]
     rewrite = completions(large)[1]["prompt"]
     assert rewrite == render_template([{"role": "user", "content": QUESTION}], True)
