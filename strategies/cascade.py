@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
+from strategies import first_finish, majority_vote, short_m_at_k
 from strategies.base import (
     InvalidParameter,
     ParameterSpec,
@@ -47,8 +48,13 @@ from strategies.selection import (
     sample_to_the_end,
     tally_votes,
 )
+from strategies.single import SINGLE
 
-ESCALATION_STRATEGIES = ("single", "majority_vote", "first_finish", "short_m_at_k")
+# What the large model may run when the small one is deferred (the pass-through or a
+# one-pool strategy; never a composite one).
+ESCALATIONS: dict[str, StrategySpec] = {
+    spec.name: spec for spec in (SINGLE, majority_vote.SPEC, first_finish.SPEC, short_m_at_k.SPEC)
+}
 
 
 def chow_score(logprobs: Sequence[float], method: str, alpha: float) -> float | None:
@@ -68,8 +74,6 @@ def chow_score(logprobs: Sequence[float], method: str, alpha: float) -> float | 
 
 def _large_params(params: dict[str, Any]) -> dict[str, Any]:
     """The escalation strategy's own parameters, validated by its spec."""
-    from strategies import REGISTRY  # strategies/__init__ imports this module
-
     name, large_k = params["escalate_to"], params["large_k"]
     if name == "single":
         if large_k not in (None, 1):
@@ -79,7 +83,7 @@ def _large_params(params: dict[str, Any]) -> dict[str, Any]:
         return {}
     given = {} if large_k is None else {"k": large_k}
     try:
-        return REGISTRY[name].parse(given)
+        return ESCALATIONS[name].parse(given)
     except InvalidParameter as exc:
         raise InvalidParameter("large_k", f"escalate_to={name}: {exc}") from None
 
@@ -90,10 +94,10 @@ def _check(params: dict[str, Any]) -> None:
 
 def worst_case(params: dict[str, Any], prompt_tokens: int, max_tokens: int) -> TokenBound:
     """The small model's k samples, then the escalation strategy's own worst case."""
-    from strategies import REGISTRY  # strategies/__init__ imports this module
-
     small = samples_bound(params["k"], prompt_tokens, max_tokens)
-    large = REGISTRY[params["escalate_to"]].bound(_large_params(params), prompt_tokens, max_tokens)
+    large = ESCALATIONS[params["escalate_to"]].bound(
+        _large_params(params), prompt_tokens, max_tokens
+    )
     return TokenBound(
         small.prompt_tokens + large.prompt_tokens,
         small.completion_tokens + large.completion_tokens,
@@ -108,10 +112,8 @@ async def _single(task: StrategyTask) -> StrategyOutcome:
 
 
 async def _escalate(task: StrategyTask) -> tuple[StrategyOutcome, dict[str, Any]]:
-    from strategies import REGISTRY  # strategies/__init__ imports this module
-
     name = task.params["escalate_to"]
-    spec = REGISTRY[name]
+    spec = ESCALATIONS[name]
     params = _large_params(task.params)
     large = StrategyTask(
         request=task.request,
@@ -227,7 +229,7 @@ SPEC = StrategySpec(
             str,
             "single",
             "Strategy the large model runs when the small one is deferred",
-            choices=ESCALATION_STRATEGIES,
+            choices=tuple(ESCALATIONS),
         ),
         ParameterSpec(
             "large_k",

@@ -4,14 +4,10 @@ that the OpenAI SDK reads the answer."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import openai
 import pytest
 
-import strategies
 from gateway.config import Role
-from strategies import best_of_n, cascade
 from tests.standin import Script, serve_standin
 from tests.standin.script import SampleScript
 from tests.standin_fixtures import PUBLIC_MODEL, chat_body, pool_for, serve_gateway
@@ -19,14 +15,6 @@ from tests.standin_fixtures import PUBLIC_MODEL, chat_body, pool_for, serve_gate
 AGREE = Script.text("the answer is 4", "the answer is 4", "the answer is 4")
 DISAGREE = Script.text("the answer is 4", "the answer is 5", "the answer is 4")
 LARGE_ANSWER = "the large model says 7"  # 5 tokens
-
-
-@pytest.fixture(autouse=True)
-def registered(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Serve the two strategies whether or not ``strategies.REGISTRY`` lists them yet."""
-    monkeypatch.setitem(strategies.REGISTRY, best_of_n.SPEC.name, best_of_n.SPEC)
-    monkeypatch.setitem(strategies.REGISTRY, cascade.SPEC.name, cascade.SPEC)
-    yield
 
 
 @pytest.mark.parametrize(("small_script", "escalated"), [(AGREE, False), (DISAGREE, True)])

@@ -4,22 +4,13 @@ grade on large, rewrite on large), sticky placement, and usage summing every cal
 
 from __future__ import annotations
 
-import pytest
-
-import strategies
 from gateway.config import Role
-from strategies import spec_reason
 from strategies.spec_reason import SCORE_PREFIX, VERIFY_QUESTION
 from tests.standin import RunningStandin, Script, serve_standin
 from tests.standin.engine import render_template
 from tests.standin_fixtures import chat_body, pool_for, serve_gateway
 
 QUESTION = "What is two plus two?"
-
-
-@pytest.fixture(autouse=True)
-def registered(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(strategies.REGISTRY, "spec_reason", spec_reason.SPEC)
 
 
 def completions(standin: RunningStandin) -> list[dict[str, object]]:
