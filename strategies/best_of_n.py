@@ -25,7 +25,6 @@ judge call scores 0 (SpecReason's "reject").
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import Mapping, Sequence
 from contextlib import aclosing
 from typing import Any
@@ -38,6 +37,7 @@ from strategies.base import (
     TokenBound,
     samples_bound,
 )
+from strategies.judging import expected_digit, sampled_digit
 from strategies.sampling import BudgetExhausted, SampleBook, Sampler, SampleRequest, SampleState
 from strategies.selection import K_DESCRIPTION, tally_votes, vote_of
 
@@ -78,19 +78,12 @@ def _content_text(content: Any) -> str:
 
 
 def judge_score(sampled: str, top_logprobs: Mapping[str, float]) -> float:
-    """SpecReason's ``average`` score, falling back to ``greedy``: the digits among the top
-    alternatives, weighted by their renormalised probabilities; else the sampled token if it is a
-    digit; else 0. Tokens are compared after ``strip()`` (tokenisers differ on leading spaces)."""
-    weights: dict[int, float] = {}
-    for token, logprob in top_logprobs.items():
-        digit = token.strip()
-        if len(digit) == 1 and digit in "0123456789":
-            weights[int(digit)] = weights.get(int(digit), 0.0) + math.exp(logprob)
-    total = sum(weights.values())
-    if total > 0:
-        return sum(digit * p for digit, p in weights.items()) / total
-    sampled = sampled.strip()
-    return float(sampled) if len(sampled) == 1 and sampled in "0123456789" else 0.0
+    """SpecReason's ``average`` score, falling back to ``greedy``: the expected digit under the
+    top alternatives; else the sampled token if it is a digit; else 0."""
+    grade = expected_digit(top_logprobs)
+    if grade is None:
+        grade = sampled_digit(sampled)
+    return grade or 0.0
 
 
 async def _judge(

@@ -32,7 +32,6 @@ The answer is the steps joined with ``"\\n\\n"`` (the answer-bearing step is the
 
 from __future__ import annotations
 
-import math
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +44,7 @@ from strategies.base import (
     StrategyTask,
     TokenBound,
 )
+from strategies.judging import expected_digit, sampled_digit
 from strategies.sampling import BudgetExhausted, RoleName, Sampler, SampleRequest
 
 STEP_DELIMITER = "\n\n"
@@ -86,15 +86,8 @@ def score(call: Call, method: str) -> float:
     """The verifier's grade: the sampled digit (``greedy``) or the expected digit under the
     renormalised top-k (``average``); 0 when there is no digit."""
     if method == "average":
-        mass = dict.fromkeys(range(10), 0.0)
-        for token, logprob in (call.top_logprobs or {}).items():
-            digit = token.strip()  # tokenisers differ on leading spaces
-            if len(digit) == 1 and digit.isascii() and digit.isdigit():
-                mass[int(digit)] += math.exp(logprob)
-        total = sum(mass.values())
-        return sum(d * p for d, p in mass.items()) / total if total > 0 else 0.0
-    token = call.text.strip()
-    return float(token) if token.isascii() and token.isdigit() else 0.0
+        return expected_digit(call.top_logprobs or {}) or 0.0
+    return sampled_digit(call.text) or 0.0
 
 
 @dataclass
