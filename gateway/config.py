@@ -20,6 +20,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from strategies.sampling import ROLES, RoleName
+
 
 class EngineKind(StrEnum):
     """The engine a worker runs; each has an adapter that knows its quirks."""
@@ -28,14 +30,6 @@ class EngineKind(StrEnum):
     SGLANG = "sglang"
     LLAMACPP = "llamacpp"
     OPENAI = "openai"
-
-
-class Role(StrEnum):
-    """What a pool is for, so step-wise strategies know where to send what."""
-
-    SMALL = "small"
-    LARGE = "large"
-    JUDGE = "judge"
 
 
 class _Strict(BaseModel):
@@ -168,7 +162,9 @@ class PoolConfig(_Strict):
     upstream_model: str | None = Field(
         None, description="Model name the engine expects; default: same as `model`"
     )
-    roles: list[Role] = Field(default_factory=lambda: [Role.SMALL, Role.LARGE, Role.JUDGE])
+    # What the pool is for, so step-wise strategies know where to send what (the strategies'
+    # own names for the roles).
+    roles: list[RoleName] = Field(default_factory=lambda: list(ROLES))
     workers: list[WorkerConfig] = Field(default_factory=list)
     discovery: DnsDiscoveryConfig | None = Field(
         None, description="Find (more) workers by DNS, e.g. a headless Service"

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, get_args
 
 RoleName = Literal["small", "large", "judge"]
+ROLES: tuple[RoleName, ...] = get_args(RoleName)
 
 
 BudgetName = Literal["deadline", "tokens", "cost"]

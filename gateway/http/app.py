@@ -79,7 +79,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
                 pool.name,
                 pool.config.engine.value,
                 pool.model,
-                ",".join(r.value for r in pool.config.roles),
+                ",".join(pool.config.roles),
                 healthy,
                 len(pool.workers),
             )

@@ -481,7 +481,7 @@ async def ready(request: Request) -> Response:
                 "pool": pool.name,
                 "model": pool.model,
                 "engine": pool.config.engine.value,
-                "roles": [r.value for r in pool.config.roles],
+                "roles": list(pool.config.roles),
                 "workers": [
                     {
                         "name": w.name,

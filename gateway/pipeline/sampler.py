@@ -29,7 +29,6 @@ from typing import Any
 import aiohttp
 import orjson
 
-from gateway.config import Role
 from gateway.metering.meter import ModelPrice
 from gateway.openai.chunks import StreamTally, Usage
 from gateway.openai.sse import DONE, iter_sse_data
@@ -265,7 +264,7 @@ class PoolSampler:
     def _pool(self, role: RoleName | None) -> WorkerPool:
         if role is None:
             return self.pools.for_model(self.model)
-        return self.pools.for_role(Role(role), self.model)
+        return self.pools.for_role(role, self.model)
 
     async def render_chat(
         self, messages: list[dict[str, Any]], role: RoleName | None = None

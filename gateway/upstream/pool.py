@@ -26,13 +26,14 @@ from collections.abc import Awaitable, Callable, Iterable
 
 import aiohttp
 
-from gateway.config import CircuitBreakerConfig, HealthCheckConfig, PoolConfig, Role, WorkerConfig
+from gateway.config import CircuitBreakerConfig, HealthCheckConfig, PoolConfig, WorkerConfig
 from gateway.engines.adapters import EngineAdapter, RenderCall, adapter_for
 from gateway.engines.metrics import EngineStats, scrape_engine
 from gateway.errors import InvalidRequest, RateLimited, Unavailable, model_not_found
 from gateway.metering.energy import BusyClock
 from gateway.metrics import GatewayMetrics
 from gateway.upstream.breaker import BreakerState, CircuitBreaker
+from strategies.sampling import RoleName
 
 log = logging.getLogger("ttc.pool")
 
@@ -434,12 +435,12 @@ class PoolRegistry:
             raise model_not_found(model)
         return next((p for p in pools if p.ready), pools[0])
 
-    def for_role(self, role: Role, model: str | None = None) -> WorkerPool:
+    def for_role(self, role: RoleName, model: str | None = None) -> WorkerPool:
         """The pool playing ``role``; prefer one serving ``model`` when it has that role."""
         with_role = [p for p in self.pools if role in p.config.roles]
         if not with_role:
             raise InvalidRequest(
-                f"no pool has the role {role.value!r}", param="ttc", code="role_not_configured"
+                f"no pool has the role {role!r}", param="ttc", code="role_not_configured"
             )
         for pool in with_role:
             if pool.model == model and pool.ready:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import openai
 import pytest
 
-from gateway.config import Role
 from tests.standin import Script, serve_standin
 from tests.standin.script import SampleScript
 from tests.standin_fixtures import PUBLIC_MODEL, chat_body, pool_for, serve_gateway
@@ -25,8 +24,8 @@ async def test_cascade_calls_the_large_pool_only_when_the_small_samples_disagree
         serve_standin("vllm", small_script) as small,
         serve_standin("vllm", Script.text(LARGE_ANSWER)) as large,
         serve_gateway(
-            pool_for("vllm", small.url, name="small", roles=[Role.SMALL]),
-            pool_for("vllm", large.url, name="large", model="large-model", roles=[Role.LARGE]),
+            pool_for("vllm", small.url, name="small", roles=["small"]),
+            pool_for("vllm", large.url, name="large", model="large-model", roles=["large"]),
         ) as gw,
     ):
         response = await gw.client.post(
@@ -62,8 +61,8 @@ async def test_cascade_escalates_to_majority_vote_on_the_large_pool_and_the_sdk_
         serve_standin("vllm", DISAGREE) as small,
         serve_standin("vllm", Script.text("so 7", "so 8", "so 7 again", "so 7")) as large,
         serve_gateway(
-            pool_for("vllm", small.url, name="small", roles=[Role.SMALL]),
-            pool_for("vllm", large.url, name="large", model="large-model", roles=[Role.LARGE]),
+            pool_for("vllm", small.url, name="small", roles=["small"]),
+            pool_for("vllm", large.url, name="large", model="large-model", roles=["large"]),
         ) as gw,
     ):
         client = openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key="x", max_retries=0)
@@ -96,8 +95,8 @@ async def test_cascade_confidence_rule_asks_the_small_pool_for_logprobs(
         serve_standin("vllm", confident) as small,
         serve_standin("vllm", Script.text(LARGE_ANSWER)) as large,
         serve_gateway(
-            pool_for("vllm", small.url, name="small", roles=[Role.SMALL]),
-            pool_for("vllm", large.url, name="large", model="large-model", roles=[Role.LARGE]),
+            pool_for("vllm", small.url, name="small", roles=["small"]),
+            pool_for("vllm", large.url, name="large", model="large-model", roles=["large"]),
         ) as gw,
     ):
         response = await gw.client.post(
@@ -126,8 +125,8 @@ async def test_best_of_n_asks_the_judge_pool_once_per_candidate_and_bills_it() -
         serve_standin("vllm", candidates) as sampler,
         serve_standin("vllm", judge_script) as judge,
         serve_gateway(
-            pool_for("vllm", sampler.url, name="main", roles=[Role.SMALL]),
-            pool_for("vllm", judge.url, name="judge", model="judge-model", roles=[Role.JUDGE]),
+            pool_for("vllm", sampler.url, name="main", roles=["small"]),
+            pool_for("vllm", judge.url, name="judge", model="judge-model", roles=["judge"]),
         ) as gw,
     ):
         client = openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key="x", max_retries=0)

@@ -4,7 +4,6 @@ grade on large, rewrite on large), sticky placement, and usage summing every cal
 
 from __future__ import annotations
 
-from gateway.config import Role
 from strategies.spec_reason import SCORE_PREFIX, VERIFY_QUESTION
 from tests.standin import RunningStandin, Script, serve_standin
 from tests.standin.engine import render_template
@@ -25,8 +24,8 @@ async def ask(
         serve_standin(small_engine, Script.text("draft step\n\nnext")) as s2,
         serve_standin("vllm", Script.text(large), served_model="engine-model") as big,
         serve_gateway(
-            pool_for(small_engine, s1.url, s2.url, name="s", model="tiny", roles=[Role.SMALL]),
-            pool_for("vllm", big.url, name="l", roles=[Role.LARGE]),
+            pool_for(small_engine, s1.url, s2.url, name="s", model="tiny", roles=["small"]),
+            pool_for("vllm", big.url, name="l", roles=["large"]),
         ) as gw,
     ):
         response = await gw.client.post(
