@@ -38,7 +38,14 @@ from strategies.base import (
     samples_bound,
 )
 from strategies.judging import expected_digit, sampled_digit
-from strategies.sampling import BudgetExhausted, SampleBook, Sampler, SampleRequest, SampleState
+from strategies.sampling import (
+    BudgetExhausted,
+    SampleBook,
+    Sampler,
+    SampleRequest,
+    SampleState,
+    finish_order,
+)
 from strategies.selection import K_DESCRIPTION, tally_votes, vote_of
 
 # SpecReason's verifier call: one greedy token, with the top-10 alternatives to average over.
@@ -115,21 +122,15 @@ def _pick(candidates: list[SampleState], scores: Mapping[int, float]) -> SampleS
 
 async def run(task: StrategyTask) -> StrategyOutcome:
     k, alpha = task.params["k"], task.params["alpha"]
-    batch = await task.sampler.start(task.request, k, task.role)
-    book = SampleBook(k)
     judging: dict[int, asyncio.Task[float | None]] = {}
-    truncated = False
     try:
-        try:
-            async with aclosing(batch.events()) as events:
-                async for delta in events:
-                    sample = book.record(delta)
-                    if sample is not None and sample.finish_reason in ("stop", "length"):
-                        judging[sample.index] = asyncio.create_task(
-                            _judge(task.sampler, task.request.messages, sample.text)
-                        )
-        except BudgetExhausted:
-            truncated = True
+        async with finish_order(task.sampler, task.request, k, task.role) as samples:
+            async for sample in samples:  # each candidate is judged as soon as it finishes
+                if sample.finish_reason in ("stop", "length"):
+                    judging[sample.index] = asyncio.create_task(
+                        _judge(task.sampler, task.request.messages, sample.text)
+                    )
+        book, truncated = samples.book, samples.truncated
         judged = await asyncio.gather(*judging.values())
     finally:  # an error or a cancellation: stop the judge calls still running
         for pending in judging.values():

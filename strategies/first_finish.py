@@ -13,45 +13,34 @@ it is not a finish.
 
 from __future__ import annotations
 
-from contextlib import aclosing
-
 from strategies.answers import answer_key
 from strategies.base import ParameterSpec, StrategyOutcome, StrategySpec, StrategyTask
-from strategies.sampling import BudgetExhausted, SampleBook
+from strategies.sampling import finish_order
 from strategies.selection import K_DESCRIPTION
 
 
 async def run(task: StrategyTask) -> StrategyOutcome:
     k = task.params["k"]
-    batch = await task.sampler.start(task.request, k, task.role)
-    book = SampleBook(k)
-    truncated = False
-    try:
-        async with aclosing(batch.events()) as events:
-            async for delta in events:
-                sample = book.record(delta)
-                if sample is None or not sample.ended_naturally:
-                    continue
-                answer = answer_key(sample.text)
-                if answer is not None:
-                    task.decided()
-                    await batch.cancel()
-                    return StrategyOutcome(
-                        content=sample.text,
-                        finish_reason="stop",
-                        winner=sample.index,
-                        answer=answer,
-                        votes={answer: 1},
-                    )
-    except BudgetExhausted:
-        truncated = True
+    async with finish_order(task.sampler, task.request, k, task.role) as samples:
+        async for sample in samples:
+            answer = answer_key(sample.text) if sample.ended_naturally else None
+            if answer is not None:
+                task.decided()
+                await samples.stop()
+                return StrategyOutcome(
+                    content=sample.text,
+                    finish_reason="stop",
+                    winner=sample.index,
+                    answer=answer,
+                    votes={answer: 1},
+                )
     task.decided()
-    fallback = book.first_finished() or book.longest()
+    fallback = samples.book.first_finished() or samples.book.longest()
     return StrategyOutcome(
         content=fallback.text,
         finish_reason="length",
         winner=fallback.index,
-        truncated=truncated,
+        truncated=samples.truncated,
         report={"no_answer": True},
     )
 

@@ -16,35 +16,25 @@ all k chains run to the end, so latency is that of the slowest chain; ``short_m_
 
 from __future__ import annotations
 
-from contextlib import aclosing
-
 from strategies.answers import VoteTally
 from strategies.base import ParameterSpec, StrategyOutcome, StrategySpec, StrategyTask
-from strategies.sampling import BudgetExhausted, SampleBook
+from strategies.sampling import finish_order
 from strategies.selection import K_DESCRIPTION, finished_in_order, majority_outcome, vote_of
 
 
 async def run(task: StrategyTask) -> StrategyOutcome:
     k = task.params["k"]
-    batch = await task.sampler.start(task.request, k, task.role)
-    book = SampleBook(k)
     tally: VoteTally[int] = VoteTally()
-    truncated = False
-    try:
-        async with aclosing(batch.events()) as events:
-            async for delta in events:
-                sample = book.record(delta)
-                if sample is None:
-                    continue
-                tally.add(sample.index, await vote_of(sample, task.answers))
-                still_running = k - len(book.finish_order)
-                if still_running and tally.settled(still_running):
-                    task.decided()
-                    await batch.cancel()
-                    break
-    except BudgetExhausted:
-        truncated = True
+    async with finish_order(task.sampler, task.request, k, task.role) as samples:
+        async for sample in samples:
+            tally.add(sample.index, await vote_of(sample, task.answers))
+            still_running = k - len(samples.book.finish_order)
+            if still_running and tally.settled(still_running):
+                task.decided()
+                await samples.stop()
+                break
     task.decided()
+    book, truncated = samples.book, samples.truncated
     outcome = await majority_outcome(
         book, finished_in_order(book), task.answers, truncated=truncated
     )

@@ -12,7 +12,8 @@ This keeps each strategy testable without HTTP: a scripted sampler is all a unit
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, get_args
 
@@ -144,3 +145,47 @@ class SampleBook:
 
     def longest(self) -> SampleState:
         return max(self.samples, key=lambda s: s.tokens)
+
+
+class FinishedSamples:
+    """The samples of one batch as they finish, in finish order: ``async for sample in ...``
+    ends when every sample has finished, or when a budget ran out (``truncated``). ``book``
+    holds everything produced so far; ``stop()`` cancels the samples still running."""
+
+    def __init__(self, batch: SampleBatch, k: int) -> None:
+        self.batch = batch
+        self.book = SampleBook(k)
+        self.truncated = False
+        self._events = batch.events()
+
+    def __aiter__(self) -> FinishedSamples:
+        return self
+
+    async def __anext__(self) -> SampleState:
+        try:
+            async for delta in self._events:
+                sample = self.book.record(delta)
+                if sample is not None:
+                    return sample
+        except BudgetExhausted:
+            self.truncated = True
+        raise StopAsyncIteration
+
+    async def stop(self) -> None:
+        """Cancel every sample still running (the decision is made)."""
+        await self.batch.cancel()
+
+    async def close(self) -> None:
+        await self._events.aclose()
+
+
+@asynccontextmanager
+async def finish_order(
+    sampler: Sampler, request: SampleRequest, k: int, role: RoleName | None = None
+) -> AsyncIterator[FinishedSamples]:
+    """Start ``k`` samples of ``request`` and follow them as they finish."""
+    samples = FinishedSamples(await sampler.start(request, k, role), k)
+    try:
+        yield samples
+    finally:
+        await samples.close()

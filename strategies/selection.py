@@ -8,17 +8,15 @@ vote; if nothing parsed, the first finished text is returned.
 
 from __future__ import annotations
 
-from contextlib import aclosing
-
 from strategies.answers import AnswerBuckets, VoteTally, answer_key
 from strategies.base import StrategyOutcome
 from strategies.sampling import (
-    BudgetExhausted,
     RoleName,
     SampleBook,
     Sampler,
     SampleRequest,
     SampleState,
+    finish_order,
 )
 
 K_DESCRIPTION = "Samples drawn for the request (one upstream request with n=k where possible)"
@@ -28,15 +26,10 @@ async def sample_to_the_end(
     sampler: Sampler, request: SampleRequest, k: int, role: RoleName | None
 ) -> tuple[SampleBook, bool]:
     """Run k samples until every one finishes; return them and whether a budget cut them."""
-    batch = await sampler.start(request, k, role)
-    book = SampleBook(k)
-    try:
-        async with aclosing(batch.events()) as events:
-            async for delta in events:
-                book.record(delta)
-    except BudgetExhausted:
-        return book, True
-    return book, False
+    async with finish_order(sampler, request, k, role) as samples:
+        async for _ in samples:
+            pass
+    return samples.book, samples.truncated
 
 
 def finished_in_order(book: SampleBook) -> list[SampleState]:

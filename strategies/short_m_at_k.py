@@ -16,7 +16,6 @@ did (and the answer is marked truncated when a budget stopped the run).
 
 from __future__ import annotations
 
-from contextlib import aclosing
 from typing import Any
 
 from strategies.base import (
@@ -26,8 +25,8 @@ from strategies.base import (
     StrategySpec,
     StrategyTask,
 )
-from strategies.sampling import BudgetExhausted, SampleBook
-from strategies.selection import K_DESCRIPTION, majority_outcome
+from strategies.sampling import finish_order
+from strategies.selection import K_DESCRIPTION, finished_in_order, majority_outcome
 
 
 def _m_at_most_k(params: dict[str, Any]) -> None:
@@ -37,25 +36,19 @@ def _m_at_most_k(params: dict[str, Any]) -> None:
 
 async def run(task: StrategyTask) -> StrategyOutcome:
     k, m = task.params["k"], task.params["m"]
-    batch = await task.sampler.start(task.request, k, task.role)
-    book = SampleBook(k)
     done = []
-    truncated = False
-    try:
-        async with aclosing(batch.events()) as events:
-            async for delta in events:
-                sample = book.record(delta)
-                if sample is not None and sample.ended_naturally:
-                    done.append(sample)
-                    if len(done) == m:
-                        task.decided()
-                        await batch.cancel()
-                        break
-    except BudgetExhausted:
-        truncated = True
+    async with finish_order(task.sampler, task.request, k, task.role) as samples:
+        async for sample in samples:
+            if sample.ended_naturally:
+                done.append(sample)
+                if len(done) == m:
+                    task.decided()
+                    await samples.stop()
+                    break
     task.decided()
-    voters = done or [book.samples[i] for i in book.finish_order]
-    outcome = await majority_outcome(book, voters, task.answers, truncated=truncated)
+    book = samples.book
+    voters = done or finished_in_order(book)
+    outcome = await majority_outcome(book, voters, task.answers, truncated=samples.truncated)
     outcome.report["done"] = [s.index for s in done]
     return outcome
 
