@@ -1,8 +1,10 @@
 """What each engine says about itself on ``/metrics``, under one set of names.
 
 At every health check the pool reads the worker's own Prometheus page and keeps the figures
-below; ``gateway.upstream.engine_stats`` exports the latest of them as ``ttc_engine_*`` series
-labelled with pool, worker and engine, so one dashboard query covers all engines alike.
+below, found under the names its adapter lists (``EngineAdapter.metric_names``, in each engine's
+module; the table sums them up); ``gateway.upstream.engine_stats`` exports the latest of them
+as ``ttc_engine_*`` series labelled with pool, worker and engine, so one dashboard query covers
+all engines alike.
 
 =========================  ======================  ==================  ============================
 figure                     vLLM (``vllm:``)        SGLang (``sglang:``)  llama.cpp (``llamacpp:``)
@@ -26,7 +28,7 @@ from __future__ import annotations
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.config import EngineKind
+from gateway.engines.base import EngineAdapter
 
 EngineStats = dict[str, float]
 
@@ -42,59 +44,24 @@ COUNTERS = {
     "generation_tokens": "Tokens the engine generated, aborted requests included",
 }
 
-_NAMES: dict[EngineKind, dict[str, str]] = {
-    EngineKind.VLLM: {
-        "vllm:num_requests_running": "requests_running",
-        "vllm:num_requests_waiting": "requests_waiting",
-        "vllm:kv_cache_usage_perc": "kv_cache_usage_ratio",
-        "vllm:gpu_cache_usage_perc": "kv_cache_usage_ratio",  # before vLLM 0.10
-        "vllm:prefix_cache_hits_total": "prefix_cache_hit_tokens",
-        "vllm:prefix_cache_queries_total": "prefix_cache_query_tokens",
-        "vllm:prompt_tokens_total": "prompt_tokens",
-        "vllm:generation_tokens_total": "generation_tokens",
-    },
-    EngineKind.SGLANG: {
-        "sglang:num_running_reqs": "requests_running",
-        "sglang:num_queue_reqs": "requests_waiting",
-        "sglang:token_usage": "kv_cache_usage_ratio",
-        "sglang:cached_tokens_total": "prefix_cache_hit_tokens",
-        "sglang:prompt_tokens_total": "prompt_tokens",
-        "sglang:generation_tokens_total": "generation_tokens",
-    },
-    EngineKind.LLAMACPP: {
-        "llamacpp:requests_processing": "requests_running",
-        "llamacpp:requests_deferred": "requests_waiting",
-        "llamacpp:kv_cache_usage_ratio": "kv_cache_usage_ratio",
-        "llamacpp:prompt_tokens_cached_total": "prefix_cache_hit_tokens",
-        "llamacpp:prompt_tokens_total": "prompt_tokens",
-        "llamacpp:tokens_predicted_total": "generation_tokens",
-    },
-}
 
-
-def parse_engine_metrics(engine: EngineKind, text: str) -> EngineStats:
-    """The figures of one ``/metrics`` page, summed over label sets (vLLM labels by model)."""
-    names = _NAMES.get(engine, {})
+def parse_engine_metrics(adapter: EngineAdapter, text: str) -> EngineStats:
+    """The figures of one ``/metrics`` page under the adapter's names, summed over label sets
+    (vLLM labels by model), completed by the adapter."""
     stats: EngineStats = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            figure = names.get(sample.name)
+            figure = adapter.metric_names.get(sample.name)
             if figure is not None:
                 stats[figure] = stats.get(figure, 0.0) + sample.value
-    if engine is EngineKind.SGLANG and "prompt_tokens" in stats:
-        stats["prefix_cache_query_tokens"] = stats["prompt_tokens"]
-    if engine is EngineKind.LLAMACPP and "prompt_tokens" in stats:
-        stats["prefix_cache_query_tokens"] = stats["prompt_tokens"] + stats.get(
-            "prefix_cache_hit_tokens", 0.0
-        )
-    return stats
+    return adapter.complete_stats(stats)
 
 
 async def scrape_engine(
-    session: aiohttp.ClientSession, url: str, engine: EngineKind, timeout_s: float
+    session: aiohttp.ClientSession, url: str, adapter: EngineAdapter, timeout_s: float
 ) -> EngineStats | None:
     """The worker's figures, or None if it exports none (or the page cannot be read)."""
-    if engine not in _NAMES:
+    if not adapter.metric_names:
         return None
     try:
         async with session.get(
@@ -103,6 +70,6 @@ async def scrape_engine(
             if response.status != 200:
                 return None
             text = await response.text()
-        return parse_engine_metrics(engine, text) or None
+        return parse_engine_metrics(adapter, text) or None
     except (aiohttp.ClientError, TimeoutError, ValueError):
         return None

@@ -76,7 +76,7 @@ class Usage:
 
 
 class StreamDialect(Protocol):
-    """What an engine adapter (``gateway.engines.adapters``) says about its streams' accounting."""
+    """What an engine adapter (``gateway.engines``) says about its streams' accounting."""
 
     @property
     def usage_counts_all_choices(self) -> bool: ...

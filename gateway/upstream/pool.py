@@ -27,7 +27,8 @@ from collections.abc import Awaitable, Callable, Iterable
 import aiohttp
 
 from gateway.config import CircuitBreakerConfig, HealthCheckConfig, PoolConfig, WorkerConfig
-from gateway.engines.adapters import EngineAdapter, RenderCall, adapter_for
+from gateway.engines.adapters import adapter_for
+from gateway.engines.base import EngineAdapter, RenderCall
 from gateway.engines.metrics import EngineStats, scrape_engine
 from gateway.errors import InvalidRequest, RateLimited, Unavailable, model_not_found
 from gateway.metering.energy import BusyClock
@@ -415,7 +416,7 @@ class WorkerPool:
         self._show_breaker(worker)  # open turns half-open with time, not with an event
         if ok:
             worker.engine_stats = await scrape_engine(
-                self.session, worker.url, self.config.engine, self._health.timeout_s
+                self.session, worker.url, self.adapter, self._health.timeout_s
             )
 
 

@@ -5,7 +5,8 @@ from typing import Any
 
 import pytest
 
-from gateway.engines.adapters import LlamaCppAdapter, VllmAdapter
+from gateway.engines.llamacpp import LlamaCppAdapter
+from gateway.engines.vllm import VllmAdapter
 from gateway.openai.chunks import StreamTally, assemble_chat_completion
 from gateway.openai.sse import iter_sse_data
 
