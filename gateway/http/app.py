@@ -25,6 +25,7 @@ from gateway.metering.meter import Meter, load_price_book, warn_unpriced
 from gateway.metrics import GatewayMetrics
 from gateway.openai.requests import ChatCompletionRequest, CompletionRequest
 from gateway.pipeline.equivalence import open_equivalence
+from gateway.pipeline.road import Pipeline
 from gateway.pipeline.runner import StrategyRunner
 from gateway.upstream.client import Upstream
 from gateway.upstream.engine_stats import EngineCollector
@@ -110,7 +111,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         pools,
         upstream,
         metrics,
-        StrategyRunner(pools, upstream, metrics, same_answer),
+        Pipeline(upstream, StrategyRunner(pools, upstream, metrics, same_answer), metrics),
         access,
         cache,
     )

@@ -32,15 +32,13 @@ from gateway.openai.requests import (
     parse_request,
     prompt_token_bound,
 )
-from gateway.pipeline.runner import StrategyRunner, cost_headers
+from gateway.pipeline.road import Pipeline, Sampling
 from gateway.tasks import finish_even_if_cancelled, primed
 from gateway.upstream.client import RequestContext, Upstream
 from gateway.upstream.pool import PoolRegistry
 from strategies import (
     REGISTRY,
-    Budgets,
     InvalidParameter,
-    StrategySpec,
     UnknownStrategy,
     get_strategy,
     split_budgets,
@@ -61,7 +59,7 @@ class GatewayState:
     pools: PoolRegistry
     upstream: Upstream
     metrics: GatewayMetrics
-    runner: StrategyRunner
+    pipeline: Pipeline
     access: AccessControl
     cache: ResponseCache | None = None
 
@@ -155,77 +153,6 @@ def select_strategy(
     return StrategyChoice(name, params, origins, strategy_origin)
 
 
-def apply_budgets(budgets: Budgets, body: dict[str, Any], n: int, ctx: RequestContext) -> None:
-    """Enforce what a pass-through can: the deadline, and a token total shared by the n
-    samples. (``max_cost_usd`` is ``StrategyRunner.cost_cap``'s.)"""
-    ctx.limit_deadline(budgets.deadline_ms)
-    if budgets.max_tokens_total is not None:
-        if budgets.max_tokens_total < n:
-            raise invalid_request(
-                f"X-TTC-Max-Tokens-Total={budgets.max_tokens_total} cannot give each of the "
-                f"n={n} samples one token",
-                param="X-TTC-Max-Tokens-Total",
-            )
-        limit_max_tokens(body, budgets.max_tokens_total // n)
-
-
-def limit_max_tokens(body: dict[str, Any], share: int) -> None:
-    """Lower the body's ``max_tokens`` (or ``max_completion_tokens``) to ``share``."""
-    field = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
-    body[field] = min(body.get(field) or share, share)
-
-
-async def _run_strategy(
-    request: Request,
-    state: GatewayState,
-    spec: StrategySpec,
-    params: dict[str, Any],
-    budgets: Budgets,
-    body: dict[str, Any],
-    ctx: RequestContext,
-    model: str,
-    endpoint: str,
-    n: int,
-    admission: Admission,
-) -> Response:
-    """A strategy other than the pass-through: the runner fans out and decides."""
-    if endpoint != "chat":
-        raise invalid_request(
-            f"strategy {spec.name!r} is available on /v1/chat/completions only",
-            param="X-TTC-Strategy",
-        )
-    if n != 1:
-        raise invalid_request(
-            f"n must be 1 with strategy {spec.name!r}: it returns one answer; set the number "
-            "of samples with X-TTC-K",
-            param="n",
-        )
-    ctx.limit_deadline(budgets.deadline_ms)
-    if budgets.max_cost_usd is not None:
-        await state.runner.cost_cap(
-            state.pools.for_model(model), ctx, body, budgets.max_cost_usd, single=False
-        )
-    if body.get("stream"):
-        return await _stream_response(
-            request,
-            state,
-            state.runner.stream(spec, params, budgets, body, ctx, model),
-            admission,
-            ctx,
-            model,
-            endpoint,
-            {"X-TTC-Strategy": spec.name},
-        )
-    result = await cancel_on_disconnect(
-        request.receive, state.runner.run(spec, params, budgets, body, ctx, model)
-    )
-    return Response(
-        orjson.dumps(state.runner.completion(result, ctx, model)),
-        media_type="application/json",
-        headers=result.headers(),
-    )
-
-
 async def _sampling(request: Request, endpoint: str) -> Response:
     """One sampling request, from its body to its answer. Every request is counted exactly
     once in ``ttc_requests_total`` with the status it ended with: here for a plain answer or
@@ -293,47 +220,24 @@ async def _sampling(request: Request, endpoint: str) -> Response:
                     media_type="application/json",
                     headers={**cached.headers, "X-TTC-Cache": "hit"},
                 )
-        if spec.run is not None:
-            response = await _run_strategy(
+        sampling = Sampling(spec, params, budgets, forward, pool, parsed.n)
+        await state.pipeline.prepare(sampling, ctx)
+        if parsed.stream:
+            events = await state.pipeline.stream(sampling, ctx)
+            streaming = True
+            return await _stream_response(
                 request,
                 state,
-                spec,
-                params,
-                budgets,
-                forward,
+                events,
+                admission,
                 ctx,
                 model,
                 endpoint,
-                parsed.n,
-                admission,
+                {"X-TTC-Strategy": spec.name},
             )
-            streaming = isinstance(response, DisconnectAwareStream)
-            if cache_key is not None:  # never set for a stream
-                await _remember(state, cache_key, response)
-            return response
-        apply_budgets(budgets, forward, parsed.n, ctx)
-        if budgets.max_cost_usd is not None:
-            await state.runner.cost_cap(
-                pool, ctx, forward, budgets.max_cost_usd, single=True, n=parsed.n
-            )
-        if ctx.cost_cap_tokens is not None:
-            limit_max_tokens(forward, ctx.cost_cap_tokens // parsed.n)
-        headers = {"X-TTC-Strategy": spec.name}
-        if parsed.stream:
-            relay = await state.upstream.stream(pool, ctx, forward)
-            streaming = True
-            return await _stream_response(
-                request, state, relay, admission, ctx, model, endpoint, headers
-            )
-        result = await cancel_on_disconnect(
-            request.receive, state.upstream.complete(pool, ctx, forward, parsed.n)
-        )
-        if ctx.meter is not None and state.upstream.meter is not None:
-            result["ttc"] = {"strategy": spec.name, **await state.upstream.meter.report(ctx.meter)}
-            headers.update(cost_headers(result["ttc"]))
-        response = Response(orjson.dumps(result), media_type="application/json", headers=headers)
-        state.metrics.overhead.labels(spec.name).observe(
-            time.perf_counter() - ctx.arrived - ctx.upstream_s
+        answer = await cancel_on_disconnect(request.receive, state.pipeline.answer(sampling, ctx))
+        response = Response(
+            orjson.dumps(answer.body), media_type="application/json", headers=answer.headers
         )
         if cache_key is not None:
             await _remember(state, cache_key, response)

@@ -13,20 +13,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.errors import GatewayError, InternalError, bad_gateway, invalid_request
+from gateway.errors import GatewayError, InternalError, bad_gateway
 from gateway.metrics import GatewayMetrics
 from gateway.openai.chunks import Usage
 from gateway.openai.sse import encode_comment, encode_done, encode_event
 from gateway.pipeline.sampler import BudgetGuard, PoolSampler
 from gateway.tasks import finish_even_if_cancelled
 from gateway.upstream.client import RequestContext, Upstream
-from gateway.upstream.pool import PoolRegistry, WorkerPool
+from gateway.upstream.pool import PoolRegistry
 from strategies import Budgets, StrategyOutcome, StrategySpec, StrategyTask
 from strategies.answers import AnswerBuckets, SameAnswer
 from strategies.sampling import SampleRequest
@@ -81,47 +80,6 @@ class StrategyRunner:
         self.upstream = upstream
         self.metrics = metrics
         self.same_answer = same_answer  # answers.equivalence; None: exact answer keys
-
-    async def cost_cap(
-        self,
-        pool: WorkerPool,
-        ctx: RequestContext,
-        body: dict[str, Any],
-        max_cost_usd: float,
-        *,
-        single: bool,
-        n: int = 1,
-    ) -> None:
-        """``X-TTC-Max-Cost-USD``, before anything is generated: ``InvalidRequest`` naming it
-        when the prompt alone (counted by a worker's tokenizer, at the uncached input price)
-        costs more; for ``single``, the completion tokens the rest pays for
-        (``ctx.cost_cap_tokens``, which becomes its ``max_tokens``). Strategies are stopped by
-        ``BudgetGuard`` instead."""
-        price = self.upstream.price_of(pool.model)
-        prompt_tokens = await self.upstream.count_prompt(pool, ctx, body)
-        ctx.counted_prompt_tokens = prompt_tokens
-        prompt_usd = prompt_tokens * price.input_cost_per_token
-        if prompt_usd > max_cost_usd:
-            raise invalid_request(
-                f"the prompt alone costs ${prompt_usd:.8g} ({prompt_tokens} tokens at "
-                f"${price.input_cost_per_token:g} each), more than X-TTC-Max-Cost-USD "
-                f"(${max_cost_usd:g})",
-                param="X-TTC-Max-Cost-USD",
-                code="cost_cap_below_prompt",
-            )
-        if single and price.output_cost_per_token > 0:
-            # floor, with a hair of slack: 0.99999... of a token's price is one token
-            left = (max_cost_usd - prompt_usd) / price.output_cost_per_token
-            ctx.cost_cap_tokens = math.floor(left + 1e-6)
-            if ctx.cost_cap_tokens < n:
-                raise invalid_request(
-                    f"after the prompt (${prompt_usd:.8g}) X-TTC-Max-Cost-USD "
-                    f"(${max_cost_usd:g}) pays for {ctx.cost_cap_tokens} generated tokens "
-                    f"(${price.output_cost_per_token:g} each), fewer than one for each of the "
-                    f"n={n} choices",
-                    param="X-TTC-Max-Cost-USD",
-                    code="cost_cap_below_prompt",
-                )
 
     async def run(
         self,

@@ -72,10 +72,8 @@ class RequestContext:
     # The error an answer that had started (a stream sent with 200) ended with, as an error
     # event: the request is counted and logged with it.
     failure: GatewayError | None = None
-    # X-TTC-Max-Cost-USD: the prompt's tokens as a worker counted them, and what the rest of
-    # the cap pays for in generated tokens (``single``)
+    # X-TTC-Max-Cost-USD: the prompt's tokens as a worker counted them
     counted_prompt_tokens: int | None = None
-    cost_cap_tokens: int | None = None
     # Calls cut before their answer (their prompt is billed once the request has stopped, so
     # counting it never keeps other calls running): (pool, worker, the call's context, body).
     cut_calls: list[tuple[WorkerPool, Worker, RequestContext, dict[str, Any]]] = field(
