@@ -196,8 +196,9 @@ class Prometheus:
         raise AssertionError("Prometheus is not scraping the gateway")
 
     def scrapes(self) -> list[float]:
-        """The times of the gateway's last minute of scrapes."""
-        (series,) = self.query('up{job="ttc-gateway"}[1m]')
+        """The times of the gateway's scrapes of the last ten minutes (a phase of the workload
+        takes more than one on a loaded machine)."""
+        (series,) = self.query('up{job="ttc-gateway"}[10m]')
         return [float(t) for t, _ in series["values"]]
 
     def ratio_over(self, query: str, started: float) -> float:
