@@ -33,7 +33,7 @@ from gateway.config import Role
 from gateway.metering import ModelPrice
 from gateway.pool import PoolRegistry, Worker, WorkerLease, WorkerPool
 from gateway.proxy import RequestContext, Upstream
-from gateway.sse import DONE, iter_sse_data
+from gateway.sse import DONE, iter_sse_batches
 from gateway.streams import StreamTally, Usage
 from gateway.tasks import finish_even_if_cancelled
 from strategies.sampling import BudgetExhausted, BudgetName, RoleName, SampleDelta, SampleRequest
@@ -117,30 +117,32 @@ class UpstreamBatch:
 
     async def _read(self, stream: _Stream) -> None:
         try:
-            async for data in iter_sse_data(stream.response.content):
-                if data == DONE:
-                    stream.tally.completed = True
-                    return
-                chunk = orjson.loads(data)
-                if "error" in chunk:
-                    self.upstream.count_error(stream.pool, stream.lease.worker, "protocol")
-                    stream.broken = True
-                    break
-                raw_choices = {int(c.get("index", 0)): c for c in chunk.get("choices") or ()}
-                for delta in stream.tally.observe(chunk):
-                    raw = raw_choices.get(delta.index, {})
-                    logprobs, top_logprobs = _token_logprobs(raw.get("logprobs"))
-                    await self.queue.put(
-                        SampleDelta(
-                            sample=stream.offset + delta.index,
-                            text=delta.text,
-                            tokens=delta.tokens,
-                            logprobs=logprobs,
-                            top_logprobs=top_logprobs,
-                            finish_reason=delta.finish_reason,
-                            eos=_ended_at_eos(raw) if delta.finish_reason == "stop" else None,
+            # whole network reads, not lines: one split per read, a slice per event
+            async for payloads in iter_sse_batches(stream.response.content.iter_any()):
+                for data in payloads:
+                    if data == DONE:
+                        stream.tally.completed = True
+                        return
+                    chunk = orjson.loads(data)
+                    if "error" in chunk:
+                        self.upstream.count_error(stream.pool, stream.lease.worker, "protocol")
+                        stream.broken = True
+                        return
+                    raw_choices = {int(c.get("index", 0)): c for c in chunk.get("choices") or ()}
+                    for delta in stream.tally.observe(chunk):
+                        raw = raw_choices.get(delta.index, {})
+                        logprobs, top_logprobs = _token_logprobs(raw.get("logprobs"))
+                        await self.queue.put(
+                            SampleDelta(
+                                sample=stream.offset + delta.index,
+                                text=delta.text,
+                                tokens=delta.tokens,
+                                logprobs=logprobs,
+                                top_logprobs=top_logprobs,
+                                finish_reason=delta.finish_reason,
+                                eos=_ended_at_eos(raw) if delta.finish_reason == "stop" else None,
+                            )
                         )
-                    )
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             # reported to the strategy as failed samples (below)
             kind = "timeout" if isinstance(exc, TimeoutError) else "protocol"
