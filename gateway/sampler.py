@@ -35,7 +35,7 @@ from gateway.metering import ModelPrice
 from gateway.pool import PoolRegistry, Worker, WorkerLease, WorkerPool
 from gateway.proxy import RequestContext, Upstream
 from gateway.sse import DONE, iter_sse_batches
-from gateway.streams import StreamTally, Usage
+from gateway.streams import ChoiceDelta, StreamTally, Usage
 from gateway.tasks import finish_even_if_cancelled
 from strategies.sampling import BudgetExhausted, BudgetName, RoleName, SampleDelta, SampleRequest
 
@@ -139,25 +139,8 @@ class UpstreamBatch:
                             self.upstream.count_error(stream.pool, stream.lease.worker, "protocol")
                             stream.broken = True
                             return
-                        raw_choices = {
-                            int(c.get("index", 0)): c for c in chunk.get("choices") or ()
-                        }
                         for delta in tally.observe(chunk):
-                            raw = raw_choices.get(delta.index, {})
-                            logprobs, top_logprobs = _token_logprobs(raw.get("logprobs"))
-                            deltas.append(
-                                SampleDelta(
-                                    sample=offset + delta.index,
-                                    text=delta.text,
-                                    tokens=delta.tokens,
-                                    logprobs=logprobs,
-                                    top_logprobs=top_logprobs,
-                                    finish_reason=delta.finish_reason,
-                                    eos=_ended_at_eos(raw)
-                                    if delta.finish_reason == "stop"
-                                    else None,
-                                )
-                            )
+                            deltas.append(_sample_delta(offset, delta))
                 finally:  # what came before the end, an error event or a malformed chunk
                     if deltas:
                         queue.put_nowait(deltas)
@@ -457,6 +440,32 @@ class PoolSampler:
             for stream in batch.streams:
                 tokens += [stream.tally.choice(i).tokens for i in range(stream.count)]
         return tokens
+
+
+_new_object = object.__new__
+_NO_LOGPROBS: tuple[tuple[float, ...], tuple[dict[str, float], ...]] = ((), ())
+
+
+def _sample_delta(offset: int, delta: ChoiceDelta) -> SampleDelta:
+    """The strategies' ``SampleDelta`` of one choice's delta, made as its ``__init__`` would
+    make it (the same fields, ``tests/unit/test_sampler_relay.py`` holds it to that) at a
+    third of the cost: a frozen dataclass's ``__init__`` sets each field through
+    ``object.__setattr__``, and one is made per streamed token."""
+    raw = delta.raw
+    logprobs = raw.get("logprobs")
+    values, tops = _token_logprobs(logprobs) if logprobs else _NO_LOGPROBS
+    finish = delta.finish_reason
+    made = _new_object(SampleDelta)
+    made.__dict__.update(
+        sample=offset + delta.choice_index,
+        text=delta.text,
+        tokens=delta.tokens,
+        logprobs=values,
+        top_logprobs=tops,
+        finish_reason=finish,
+        eos=_ended_at_eos(raw) if finish == "stop" else None,
+    )
+    return made
 
 
 def _token_logprobs(

@@ -6,6 +6,7 @@ that came before (``Content`` iterates by line too)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,7 +16,7 @@ import pytest
 
 from gateway.engines import OpenAIAdapter
 from gateway.metering import ModelPrice
-from gateway.sampler import BudgetGuard, UpstreamBatch, _Stream
+from gateway.sampler import BudgetGuard, UpstreamBatch, _sample_delta, _Stream
 from gateway.streams import StreamTally
 from strategies.sampling import BudgetExhausted, SampleDelta
 
@@ -262,3 +263,37 @@ async def test_a_malformed_chunk_fails_the_unfinished_samples_after_the_good_one
         (1, "", "error"),
     ]
     assert upstream.errors == ["protocol"] and b.failed == {1}
+
+
+def test_a_relayed_delta_is_the_sample_delta_its_init_would_make() -> None:
+    assert [f.name for f in dataclasses.fields(SampleDelta)] == [
+        "sample",
+        "text",
+        "tokens",
+        "logprobs",
+        "top_logprobs",
+        "finish_reason",
+        "eos",
+    ]
+    chat_logprobs = {
+        "content": [
+            {"token": "a", "logprob": -0.5, "top_logprobs": [{"token": "a", "logprob": -0.5}]},
+            {"token": "b", "logprob": -1.5, "top_logprobs": []},
+        ]
+    }
+    text_logprobs = {"tokens": ["a"], "token_logprobs": [None], "top_logprobs": [{"a": -0.1}]}
+    tally = StreamTally(OpenAIAdapter())
+    (chat,) = tally.observe(token(1, "ab", logprobs=chat_logprobs))
+    (stop,) = tally.observe(token(0, "", "stop", stop_reason="###"))
+    (text,) = tally.observe({"choices": [{"index": 2, "text": "a", "logprobs": text_logprobs}]})
+    made = [_sample_delta(4, d) for d in (chat, stop, text)]
+    assert made == [
+        SampleDelta(5, "ab", 2, (-0.5, -1.5), ({"a": -0.5}, {})),
+        SampleDelta(4, "", 0, finish_reason="stop", eos=False),
+        SampleDelta(6, "a", 1, (0.0,), ({"a": -0.1},)),
+    ]
+    assert all(type(d) is SampleDelta for d in made) and hash(made[1]) == hash(
+        SampleDelta(4, "", 0, finish_reason="stop", eos=False)
+    )
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made[0].text = "changed"  # type: ignore[misc]
