@@ -119,21 +119,13 @@ async def iter_sse_batches(pieces: AsyncIterable[bytes]) -> AsyncIterator[list[b
         yield events
 
 
-async def iter_sse_data(lines: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
-    """Yield the ``data`` payload of each event of an SSE body (``[DONE]`` included), given its
+async def iter_sse_data(pieces: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+    """The ``data`` payload of each event of an SSE body (``[DONE]`` included), given the body
+    in pieces of any size: whole reads (``response.content.iter_any()``, the cheap way) or
     lines (an ``aiohttp.StreamReader`` iterates by line)."""
-    parts: list[bytes] = []
-    async for raw in lines:
-        line = raw.rstrip(b"\r\n")
-        if not line:
-            if parts:
-                yield b"\n".join(parts)
-                parts = []
-        elif line.startswith(b"data:"):
-            parts.append(line[5:].lstrip(b" "))
-        # comments (":"), "event:", "id:" and "retry:" lines carry nothing the gateway uses
-    if parts:
-        yield b"\n".join(parts)
+    async for events in iter_sse_batches(pieces):
+        for data in events:
+            yield data
 
 
 async def primed(body: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:

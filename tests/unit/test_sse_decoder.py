@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gateway.sse import SseDecoder, iter_sse_batches
+from gateway.sse import SseDecoder, iter_sse_batches, iter_sse_data
 
 
 def reference(body: bytes) -> list[bytes]:
@@ -126,3 +126,4 @@ async def test_batches_per_piece_and_the_trailing_event() -> None:
         [b"3"],
         [b"4"],
     ]
+    assert [data async for data in iter_sse_data(reads())] == [b"1", b"2", b"3", b"4"]
