@@ -76,15 +76,15 @@ class SseDecoder:
             piece = piece.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         self._cr = bool(held)
         events = piece.split(b"\n\n")
-        rest = events.pop() + held
-        if rest:
-            self._pending.append(rest)
+        tail = events.pop()
+        if tail or held:
+            self._pending.append(tail + held)
+        if piece.count(b"\n", 0, len(piece) - len(tail)) == 2 * len(events):
+            # No line ends but the blank lines: every event is one line (the usual case).
+            return [event[5:].lstrip(b" ") for event in events if event.startswith(b"data:")]
         out: list[bytes] = []
         for event in events:
-            if event.startswith(b"data:") and b"\n" not in event:
-                out.append(event[5:].lstrip(b" "))
-            else:
-                _add_event(event, out)
+            _add_event(event, out)
         return out
 
     def close(self) -> list[bytes]:
