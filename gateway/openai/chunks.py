@@ -9,7 +9,7 @@ then give the exact count.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 
 @dataclass
@@ -31,15 +31,18 @@ class ChoiceState:
         return "".join(self.text)
 
 
-@dataclass(frozen=True)
-class ChoiceDelta:
-    """What one chunk added to one choice."""
+class ChoiceDelta(NamedTuple):
+    """What one chunk added to one choice (a tuple: one is made per streamed token)."""
 
-    index: int
+    choice_index: int
     text: str
     tokens: int
     logprobs: list[Any]
     finish_reason: str | None
+    raw: dict[str, Any]  # the chunk's choice as the engine sent it
+
+
+_NO_ENTRIES: list[Any] = []  # shared, never mutated: a choice without logprobs
 
 
 @dataclass
@@ -76,7 +79,7 @@ class Usage:
 
 
 class StreamDialect(Protocol):
-    """What an engine adapter (``gateway.engines``) says about its streams' accounting."""
+    """What an engine adapter (``gateway.engines.adapters``) says about its streams' accounting."""
 
     @property
     def usage_counts_all_choices(self) -> bool: ...
@@ -107,7 +110,8 @@ class StreamTally:
         return state
 
     def observe(self, chunk: dict[str, Any]) -> list[ChoiceDelta]:
-        """Record one parsed chunk; return what it added to each choice."""
+        """Record one parsed chunk; return what it added to each choice. (Run once per
+        streamed token: every lookup here counts.)"""
         deltas: list[ChoiceDelta] = []
         if self.id is None:
             self.id = chunk.get("id")
@@ -117,34 +121,46 @@ class StreamTally:
             self.engine_usage = usage
         elif self.early_prompt is None:
             self.early_prompt = self._dialect.chunk_prompt(chunk)
-        for raw in chunk.get("choices") or ():
-            state = self.choice(int(raw.get("index", 0)))
+        raw_choices = chunk.get("choices")
+        if not raw_choices:
+            return deltas
+        choices = self.choices
+        for raw in raw_choices:
+            index = int(raw.get("index", 0))
+            state = choices.get(index)
+            if state is None:
+                state = choices[index] = ChoiceState(index)
             delta = raw.get("delta")
             produced = False
             text = ""
             if delta is not None:  # chat.completion.chunk
                 if delta.get("role"):
                     state.role = delta["role"]
-                if delta.get("content"):
-                    text = delta["content"]
+                content = delta.get("content")
+                if content:
+                    text = content
                     state.text.append(text)
                     produced = True
                 reasoning = delta.get("reasoning_content") or delta.get("reasoning")
                 if reasoning:
                     state.reasoning.append(reasoning)
                     produced = True
-                for call in delta.get("tool_calls") or ():
-                    _merge_tool_call(state.tool_calls, call)
+                tool_calls = delta.get("tool_calls")
+                if tool_calls:
+                    for call in tool_calls:
+                        _merge_tool_call(state.tool_calls, call)
                     produced = True
             elif raw.get("text"):  # text_completion chunk
                 text = raw["text"]
                 state.text.append(text)
                 produced = True
-            entries = _logprob_entries(raw.get("logprobs"))
+            logprobs = raw.get("logprobs")
+            entries = _logprob_entries(logprobs) if logprobs else _NO_ENTRIES
             if entries:
                 state.logprobs.extend(entries)
-            tokens = max(1, len(entries)) if produced else 0
+            tokens = 0
             if produced:
+                tokens = len(entries) or 1
                 state.tokens += tokens
                 self.first_token_seen = True
             finish = raw.get("finish_reason")
@@ -152,7 +168,7 @@ class StreamTally:
                 state.finish_reason = finish
                 state.stop_reason = raw.get("stop_reason", raw.get("matched_stop"))
             if produced or finish:
-                deltas.append(ChoiceDelta(state.index, text, tokens, entries, finish))
+                deltas.append(ChoiceDelta(index, text, tokens, entries, finish, raw))
         return deltas
 
     @property

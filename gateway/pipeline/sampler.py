@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,8 +31,8 @@ import aiohttp
 import orjson
 
 from gateway.metering.meter import ModelPrice
-from gateway.openai.chunks import StreamTally, Usage
-from gateway.openai.sse import DONE, iter_sse_data
+from gateway.openai.chunks import ChoiceDelta, StreamTally, Usage
+from gateway.openai.sse import DONE, iter_sse_batches
 from gateway.tasks import finish_even_if_cancelled
 from gateway.upstream.client import RequestContext, Upstream
 from gateway.upstream.pool import PoolRegistry, Worker, WorkerLease, WorkerPool
@@ -108,71 +109,97 @@ class UpstreamBatch:
     finished: set[int] = field(default_factory=set)
     cancelled: set[int] = field(default_factory=set)
     failed: set[int] = field(default_factory=set)
+    # Per network read: the list of its deltas; (_END, stream) when a stream's reader stops.
     queue: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
+    # Deltas taken from the queue and not yet given to the strategy (kept if it stops
+    # reading ``events`` halfway through a read).
+    backlog: deque[SampleDelta] = field(default_factory=deque)
 
     def __post_init__(self) -> None:
         for stream in self.streams:
             stream.reader = asyncio.create_task(self._read(stream))
 
     async def _read(self, stream: _Stream) -> None:
+        """Parse the stream a network read at a time; queue the deltas of each read as one
+        list (one queue item and one wake-up of ``events`` per read, not per token)."""
+        tally = stream.tally
+        offset = stream.offset
+        queue = self.queue
         try:
-            async for data in iter_sse_data(stream.response.content):
-                if data == DONE:
-                    stream.tally.completed = True
-                    return
-                chunk = orjson.loads(data)
-                if "error" in chunk:
-                    self.upstream.count_error(stream.pool, stream.lease.worker, "protocol")
-                    stream.broken = True
-                    break
-                raw_choices = {int(c.get("index", 0)): c for c in chunk.get("choices") or ()}
-                for delta in stream.tally.observe(chunk):
-                    raw = raw_choices.get(delta.index, {})
-                    logprobs, top_logprobs = _token_logprobs(raw.get("logprobs"))
-                    await self.queue.put(
-                        SampleDelta(
-                            sample=stream.offset + delta.index,
-                            text=delta.text,
-                            tokens=delta.tokens,
-                            logprobs=logprobs,
-                            top_logprobs=top_logprobs,
-                            finish_reason=delta.finish_reason,
-                            eos=_ended_at_eos(raw) if delta.finish_reason == "stop" else None,
-                        )
-                    )
+            async for payloads in iter_sse_batches(stream.response.content.iter_any()):
+                deltas: list[SampleDelta] = []
+                try:
+                    for data in payloads:
+                        if data == DONE:
+                            tally.completed = True
+                            return
+                        chunk = orjson.loads(data)
+                        if "error" in chunk:
+                            self.upstream.count_error(stream.pool, stream.lease.worker, "protocol")
+                            stream.broken = True
+                            return
+                        for delta in tally.observe(chunk):
+                            deltas.append(_sample_delta(offset, delta))
+                finally:  # what came before the end, an error event or a malformed chunk
+                    if deltas:
+                        queue.put_nowait(deltas)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             # reported to the strategy as failed samples (below)
             kind = "timeout" if isinstance(exc, TimeoutError) else "protocol"
             self.upstream.count_error(stream.pool, stream.lease.worker, kind)
             stream.broken = True
         finally:
-            await self.queue.put((_END, stream))
+            queue.put_nowait((_END, stream))
 
     async def events(self) -> AsyncGenerator[SampleDelta, None]:
         open_streams = len(self.streams)
-        while open_streams:
-            try:
-                item = await asyncio.wait_for(self.queue.get(), max(self.guard.remaining_s(), 0))
-            except TimeoutError:
-                await self.cancel()
-                raise BudgetExhausted("deadline") from None
-            if isinstance(item, tuple) and item[0] is _END:
+        guard = self.guard
+        queue, backlog = self.queue, self.backlog
+        finished, cancelled = self.finished, self.cancelled
+        limited = guard.max_tokens_total is not None or guard.max_cost_usd is not None
+        loop = asyncio.get_running_loop()
+        while open_streams or backlog:
+            if backlog:
+                item = backlog
+            elif queue.empty():
+                # One timer per wait (a wait is per network read, not per token), no task.
+                try:
+                    async with asyncio.timeout_at(loop.time() + guard.remaining_s()):
+                        item = await queue.get()
+                except TimeoutError:
+                    await self.cancel()
+                    raise BudgetExhausted("deadline") from None
+            else:
+                item = queue.get_nowait()
+            if isinstance(item, tuple):  # (_END, stream)
+                if guard.deadline <= time.perf_counter():
+                    await self.cancel()
+                    raise BudgetExhausted("deadline")
                 open_streams -= 1
                 for failed in self._unfinished(item[1]):
                     self.finished.add(failed)
                     self.failed.add(failed)
                     yield SampleDelta(failed, "", 0, finish_reason="error")
                 continue
-            if item.sample in self.cancelled:
-                continue
-            if item.finish_reason is not None:
-                self.finished.add(item.sample)
-            self.guard.tokens += item.tokens
-            yield item
-            exhausted = self.guard.exhausted()
-            if exhausted is not None:
-                await self.cancel()
-                raise BudgetExhausted(exhausted)
+            if item is not backlog:
+                backlog.extend(item)
+            while backlog:
+                delta = backlog.popleft()
+                # The deadline, the token total and the cost cap are checked at every delta.
+                if guard.deadline <= time.perf_counter():
+                    await self.cancel()
+                    raise BudgetExhausted("deadline")
+                if delta.sample in cancelled:
+                    continue
+                if delta.finish_reason is not None:
+                    finished.add(delta.sample)
+                guard.tokens += delta.tokens
+                yield delta
+                if limited:
+                    exhausted = guard.exhausted()
+                    if exhausted is not None:
+                        await self.cancel()
+                        raise BudgetExhausted(exhausted)
 
     def _unfinished(self, stream: _Stream) -> list[int]:
         if stream.closed:
@@ -412,6 +439,32 @@ class PoolSampler:
             for stream in batch.streams:
                 tokens += [stream.tally.choice(i).tokens for i in range(stream.count)]
         return tokens
+
+
+_new_object = object.__new__
+_NO_LOGPROBS: tuple[tuple[float, ...], tuple[dict[str, float], ...]] = ((), ())
+
+
+def _sample_delta(offset: int, delta: ChoiceDelta) -> SampleDelta:
+    """The strategies' ``SampleDelta`` of one choice's delta, made as its ``__init__`` would
+    make it (the same fields, ``tests/unit/test_sampler_relay.py`` holds it to that) at a
+    third of the cost: a frozen dataclass's ``__init__`` sets each field through
+    ``object.__setattr__``, and one is made per streamed token."""
+    raw = delta.raw
+    logprobs = raw.get("logprobs")
+    values, tops = _token_logprobs(logprobs) if logprobs else _NO_LOGPROBS
+    finish = delta.finish_reason
+    made = _new_object(SampleDelta)
+    made.__dict__.update(
+        sample=offset + delta.choice_index,
+        text=delta.text,
+        tokens=delta.tokens,
+        logprobs=values,
+        top_logprobs=tops,
+        finish_reason=finish,
+        eos=_ended_at_eos(raw) if finish == "stop" else None,
+    )
+    return made
 
 
 def _token_logprobs(

@@ -327,7 +327,7 @@ class Upstream:
         try:
             yield b""  # primed (``gateway.tasks.primed``): the finally below always runs
             async with asyncio.timeout(ctx.remaining_s()):
-                async for data in iter_sse_data(response.content):
+                async for data in iter_sse_data(response.content.iter_any()):
                     if data == DONE:
                         tally.completed = True
                         break
@@ -396,7 +396,7 @@ class Upstream:
             )
 
     async def _consume(self, response: aiohttp.ClientResponse, tally: StreamTally) -> None:
-        async for data in iter_sse_data(response.content):
+        async for data in iter_sse_data(response.content.iter_any()):
             if data == DONE:
                 tally.completed = True
                 return
