@@ -289,3 +289,30 @@ def assemble_text_completion(tally: StreamTally, model: str) -> dict[str, Any]:
         "choices": choices,
         "usage": tally.usage().as_openai(),
     }
+
+
+def token_logprobs(
+    logprobs: Any,
+) -> tuple[tuple[float, ...], tuple[dict[str, float], ...]]:
+    """Per-token log-probabilities and top alternatives from either wire shape: the chat shape
+    ``{"content": [{"token", "logprob", "top_logprobs": [{"token", "logprob"}]}]}`` (chat, and
+    llama.cpp's text completions) or the text-completions shape ``{"tokens", "token_logprobs",
+    "top_logprobs": [{token: logprob}]}`` (vLLM, SGLang)."""
+    if not isinstance(logprobs, dict):
+        return (), ()
+    content = logprobs.get("content")
+    if isinstance(content, list):
+        entries = [e for e in content if isinstance(e, dict)]
+        return (
+            tuple(float(e.get("logprob", 0.0)) for e in entries),
+            tuple(
+                {t["token"]: float(t["logprob"]) for t in e.get("top_logprobs") or ()}
+                for e in entries
+            ),
+        )
+    values = logprobs.get("token_logprobs") or []
+    tops = logprobs.get("top_logprobs") or []
+    return (
+        tuple(float(v) if v is not None else 0.0 for v in values),
+        tuple({str(k): float(v) for k, v in (t or {}).items()} for t in tops),
+    )

@@ -30,8 +30,9 @@ from typing import Any
 import aiohttp
 import orjson
 
+from gateway.engines.base import EngineAdapter
 from gateway.metering.meter import ModelPrice
-from gateway.openai.chunks import ChoiceDelta, StreamTally, Usage
+from gateway.openai.chunks import ChoiceDelta, StreamTally, Usage, token_logprobs
 from gateway.openai.sse import DONE, iter_sse_batches
 from gateway.tasks import finish_even_if_cancelled
 from gateway.upstream.client import RequestContext, Upstream
@@ -45,7 +46,10 @@ _OWN_FIELDS = frozenset({"model", "messages", "prompt", "n", "stream", "stream_o
 @dataclass
 class BudgetGuard:
     """The request's deadline (perf_counter time), token total and cost cap (USD at the price
-    book's prices), shared by its batches."""
+    book's prices), shared by its batches. The token total and the cost cap are checked on
+    what the engines have sent (what is billed), after every chunk, by each stream's reader:
+    one that reaches a budget reads no further, so a request is billed at most one chunk per
+    stream past it."""
 
     deadline: float
     max_tokens_total: int | None = None
@@ -53,9 +57,17 @@ class BudgetGuard:
     # The client's prompt as a worker counted it: the prompt of a stream whose engine has not
     # said it yet (vLLM says it with the first token, SGLang only at the end).
     prompt_tokens: int = 0
-    tokens: int = 0
-    # Each upstream stream with its model's price, for the cost cap.
-    priced: list[tuple[ModelPrice, StreamTally]] = field(default_factory=list)
+    # Every upstream stream of the request, for its tokens and their price.
+    streams: list[_Stream] = field(default_factory=list)
+
+    @property
+    def limited(self) -> bool:
+        return self.max_tokens_total is not None or self.max_cost_usd is not None
+
+    @property
+    def tokens(self) -> int:
+        """The tokens generated so far, over every stream of the request."""
+        return sum(stream.tally.counted_completion_tokens for stream in self.streams)
 
     def remaining_s(self) -> float:
         return self.deadline - time.perf_counter()
@@ -66,11 +78,11 @@ class BudgetGuard:
             return "tokens"
         if self.max_cost_usd is not None:
             spent = 0.0
-            for price, tally in self.priced:
-                usage = tally.usage()
+            for stream in self.streams:
+                usage = stream.tally.usage()
                 if not usage.prompt_tokens:
                     usage = Usage(self.prompt_tokens, usage.completion_tokens)
-                spent += price.cost(usage)
+                spent += stream.price.cost(usage)
             if spent >= self.max_cost_usd:
                 return "cost"
         return None
@@ -89,6 +101,7 @@ class _Stream:
     tally: StreamTally
     body: dict[str, Any]  # what was sent (its prompt is counted if the engine never said)
     watch: object | None = None  # the meter's handle on this stream
+    price: ModelPrice = field(default_factory=ModelPrice)  # its model's, for the cost cap
     reader: asyncio.Task[None] | None = None
     closed: bool = False
     accounted: bool = False  # its tokens are counted (once, however it was closed)
@@ -96,6 +109,7 @@ class _Stream:
 
 
 _END = object()
+_BUDGET_REACHED = object()  # a reader stopped at a budget: the strategy is told after its deltas
 
 
 @dataclass
@@ -116,15 +130,23 @@ class UpstreamBatch:
     backlog: deque[SampleDelta] = field(default_factory=deque)
 
     def __post_init__(self) -> None:
+        self.guard.streams += self.streams
         for stream in self.streams:
             stream.reader = asyncio.create_task(self._read(stream))
 
     async def _read(self, stream: _Stream) -> None:
         """Parse the stream a network read at a time; queue the deltas of each read as one
-        list (one queue item and one wake-up of ``events`` per read, not per token)."""
+        list (one queue item and one wake-up of ``events`` per read, not per token). With a
+        token total or cost cap, check it after every chunk: at the chunk that reaches it,
+        queue what came so far and the budget, and read no further (this task is cancelled
+        when the strategy stops)."""
         tally = stream.tally
         offset = stream.offset
+        adapter = stream.pool.adapter
         queue = self.queue
+        guard = self.guard
+        limited = guard.limited
+        reached: BudgetName | None = None
         try:
             async for payloads in iter_sse_batches(stream.response.content.iter_any()):
                 deltas: list[SampleDelta] = []
@@ -139,10 +161,15 @@ class UpstreamBatch:
                             stream.broken = True
                             return
                         for delta in tally.observe(chunk):
-                            deltas.append(_sample_delta(offset, delta))
+                            deltas.append(_sample_delta(offset, delta, adapter))
+                        if limited and (reached := guard.exhausted()) is not None:
+                            break
                 finally:  # what came before the end, an error event or a malformed chunk
                     if deltas:
                         queue.put_nowait(deltas)
+                if reached is not None:
+                    queue.put_nowait((_BUDGET_REACHED, reached))
+                    await asyncio.Future()  # read no further: cancelled with the batch
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             # reported to the strategy as failed samples (below)
             kind = "timeout" if isinstance(exc, TimeoutError) else "protocol"
@@ -156,7 +183,6 @@ class UpstreamBatch:
         guard = self.guard
         queue, backlog = self.queue, self.backlog
         finished, cancelled = self.finished, self.cancelled
-        limited = guard.max_tokens_total is not None or guard.max_cost_usd is not None
         loop = asyncio.get_running_loop()
         while open_streams or backlog:
             if backlog:
@@ -171,6 +197,9 @@ class UpstreamBatch:
                     raise BudgetExhausted("deadline") from None
             else:
                 item = queue.get_nowait()
+            if isinstance(item, tuple) and item[0] is _BUDGET_REACHED:
+                await self.cancel()  # a reader reached the token total or the cost cap
+                raise BudgetExhausted(item[1])
             if isinstance(item, tuple):  # (_END, stream)
                 if guard.deadline <= time.perf_counter():
                     await self.cancel()
@@ -185,7 +214,8 @@ class UpstreamBatch:
                 backlog.extend(item)
             while backlog:
                 delta = backlog.popleft()
-                # The deadline, the token total and the cost cap are checked at every delta.
+                # The deadline is checked at every delta (the token total and the cost cap at
+                # every chunk, by the readers).
                 if guard.deadline <= time.perf_counter():
                     await self.cancel()
                     raise BudgetExhausted("deadline")
@@ -193,13 +223,7 @@ class UpstreamBatch:
                     continue
                 if delta.finish_reason is not None:
                     finished.add(delta.sample)
-                guard.tokens += delta.tokens
                 yield delta
-                if limited:
-                    exhausted = guard.exhausted()
-                    if exhausted is not None:
-                        await self.cancel()
-                        raise BudgetExhausted(exhausted)
 
     def _unfinished(self, stream: _Stream) -> list[int]:
         if stream.closed:
@@ -353,8 +377,6 @@ class PoolSampler:
                 if sticky is not None:
                     self._sticky[sticky] = lease.worker
                 tally = StreamTally(pool.adapter)
-                if self.guard.max_cost_usd is not None:
-                    self.guard.priced.append((self.upstream.price_of(pool.model), tally))
                 streams.append(
                     _Stream(
                         pool,
@@ -366,6 +388,7 @@ class PoolSampler:
                         tally,
                         body,
                         self.upstream.watch(lease.worker, ctx, tally),
+                        self.upstream.price_of(pool.model),
                     )
                 )
                 offset += size
@@ -445,14 +468,14 @@ _new_object = object.__new__
 _NO_LOGPROBS: tuple[tuple[float, ...], tuple[dict[str, float], ...]] = ((), ())
 
 
-def _sample_delta(offset: int, delta: ChoiceDelta) -> SampleDelta:
+def _sample_delta(offset: int, delta: ChoiceDelta, adapter: EngineAdapter) -> SampleDelta:
     """The strategies' ``SampleDelta`` of one choice's delta, made as its ``__init__`` would
     make it (the same fields, ``tests/unit/test_sampler_relay.py`` holds it to that) at a
     third of the cost: a frozen dataclass's ``__init__`` sets each field through
     ``object.__setattr__``, and one is made per streamed token."""
     raw = delta.raw
     logprobs = raw.get("logprobs")
-    values, tops = _token_logprobs(logprobs) if logprobs else _NO_LOGPROBS
+    values, tops = token_logprobs(logprobs) if logprobs else _NO_LOGPROBS
     finish = delta.finish_reason
     made = _new_object(SampleDelta)
     made.__dict__.update(
@@ -462,46 +485,6 @@ def _sample_delta(offset: int, delta: ChoiceDelta) -> SampleDelta:
         logprobs=values,
         top_logprobs=tops,
         finish_reason=finish,
-        eos=_ended_at_eos(raw) if finish == "stop" else None,
+        eos=adapter.ended_at_eos(raw) if finish == "stop" else None,
     )
     return made
-
-
-def _token_logprobs(
-    logprobs: Any,
-) -> tuple[tuple[float, ...], tuple[dict[str, float], ...]]:
-    """Per-token log-probabilities and top alternatives from either wire shape: the chat shape
-    ``{"content": [{"token", "logprob", "top_logprobs": [{"token", "logprob"}]}]}`` (chat, and
-    llama.cpp's text completions) or the text-completions shape ``{"tokens", "token_logprobs",
-    "top_logprobs": [{token: logprob}]}`` (vLLM, SGLang)."""
-    if not isinstance(logprobs, dict):
-        return (), ()
-    content = logprobs.get("content")
-    if isinstance(content, list):
-        entries = [e for e in content if isinstance(e, dict)]
-        return (
-            tuple(float(e.get("logprob", 0.0)) for e in entries),
-            tuple(
-                {t["token"]: float(t["logprob"]) for t in e.get("top_logprobs") or ()}
-                for e in entries
-            ),
-        )
-    values = logprobs.get("token_logprobs") or []
-    tops = logprobs.get("top_logprobs") or []
-    return (
-        tuple(float(v) if v is not None else 0.0 for v in values),
-        tuple({str(k): float(v) for k, v in (t or {}).items()} for t in tops),
-    )
-
-
-def _ended_at_eos(choice: dict[str, Any]) -> bool | None:
-    """Whether a choice that finished with "stop" hit end-of-sequence rather than a stop string:
-    vLLM's ``stop_reason`` is the stop string (None at EOS), SGLang's ``matched_stop`` a string
-    or the EOS token id, llama.cpp's native ``stop_type`` ``eos|word``; None when not said."""
-    if "stop_reason" in choice:
-        return choice["stop_reason"] is None
-    if "matched_stop" in choice:
-        return not isinstance(choice["matched_stop"], str)
-    if "stop_type" in choice:
-        return bool(choice["stop_type"] == "eos")
-    return None

@@ -15,6 +15,7 @@ import orjson
 import pytest
 
 from gateway.engines.adapters import OpenAIAdapter
+from gateway.engines.vllm import VllmAdapter
 from gateway.metering.meter import ModelPrice
 from gateway.openai.chunks import StreamTally
 from gateway.pipeline.sampler import BudgetGuard, UpstreamBatch, _sample_delta, _Stream
@@ -85,6 +86,8 @@ class Lease:
 
 
 class Pool:
+    adapter = VllmAdapter()  # its dialect says whether a "stop" was EOS (stop_reason)
+
     def call_succeeded(self, worker: Worker) -> None:
         pass
 
@@ -170,7 +173,7 @@ async def test_one_queue_item_per_read() -> None:
     assert items[1][1] is b.streams[0]
 
 
-async def test_the_token_total_is_checked_after_every_delta_of_a_read() -> None:
+async def test_the_token_total_is_checked_after_every_chunk_and_nothing_past_it_is_read() -> None:
     guard = BudgetGuard(time.perf_counter() + 30, max_tokens_total=3)
     b, _, _ = batch([STREAM], guard)
     seen: list[SampleDelta] = []
@@ -179,22 +182,25 @@ async def test_the_token_total_is_checked_after_every_delta_of_a_read() -> None:
             seen.append(delta)
     assert stopped.value.reason == "tokens"
     assert [d.text for d in seen] == ["a", "b", "c"]  # the third reached the total
-    assert guard.tokens == 3 and b.cancelled == {0, 1}
+    # what is billed is what was read: the read's fourth token was left unread
+    assert guard.tokens == 3 and b.streams[0].tally.counted_completion_tokens == 3
+    assert b.cancelled == {0, 1}
 
 
-async def test_the_cost_cap_is_checked_after_every_delta_of_a_read() -> None:
+async def test_the_cost_cap_is_checked_after_every_chunk_and_nothing_past_it_is_read() -> None:
     guard = BudgetGuard(time.perf_counter() + 30, max_cost_usd=0.35, prompt_tokens=10)
     b, _, _ = batch([STREAM], guard)
-    price = ModelPrice(input_cost_per_token=0.01, output_cost_per_token=0.1)
-    guard.priced.append((price, b.streams[0].tally))
+    b.streams[0].price = ModelPrice(input_cost_per_token=0.01, output_cost_per_token=0.1)
     seen: list[SampleDelta] = []
     with pytest.raises(BudgetExhausted) as stopped:
         async for delta in b.events():
             seen.append(delta)
     assert stopped.value.reason == "cost"
-    # the prompt (10 x 0.01) and the read's 4 tokens (already counted) cost 0.5 >= 0.35 at
-    # the first check: the first delta is the last one given
-    assert [d.text for d in seen] == ["a"] and b.cancelled == {0, 1}
+    # the prompt (10 x 0.01) and 3 tokens cost 0.4 >= 0.35: the third token's chunk is the
+    # last one read (a request is billed at most one chunk per stream past its cap), and the
+    # strategy is given every delta that was billed
+    assert [d.text for d in seen] == ["a", "b", "c"] and b.cancelled == {0, 1}
+    assert b.streams[0].tally.counted_completion_tokens == 3
 
 
 async def test_the_deadline_is_checked_before_every_delta() -> None:
@@ -286,7 +292,7 @@ def test_a_relayed_delta_is_the_sample_delta_its_init_would_make() -> None:
     (chat,) = tally.observe(token(1, "ab", logprobs=chat_logprobs))
     (stop,) = tally.observe(token(0, "", "stop", stop_reason="###"))
     (text,) = tally.observe({"choices": [{"index": 2, "text": "a", "logprobs": text_logprobs}]})
-    made = [_sample_delta(4, d) for d in (chat, stop, text)]
+    made = [_sample_delta(4, d, VllmAdapter()) for d in (chat, stop, text)]  # stop_reason
     assert made == [
         SampleDelta(5, "ab", 2, (-0.5, -1.5), ({"a": -0.5}, {})),
         SampleDelta(4, "", 0, finish_reason="stop", eos=False),
