@@ -41,16 +41,17 @@ from typing import Annotated, Any
 import orjson
 import typer
 
-from gateway.bench.overhead import (
+from gateway.bench.common import (
     HOST,
     BenchError,
     Service,
-    _command_line,
-    _cpu_model,
-    _git_revision,
-    _version,
+    command_line,
+    cpu_model,
+    git_revision,
+    progress,
     run_bench,
     settle,
+    version,
 )
 from gateway.config import EngineKind
 from gateway.engines.adapters import adapter_for
@@ -61,10 +62,6 @@ FLOOR = "floor"
 # Strategies that fan out on one pool (no judge, small or large pool needed).
 FANOUT_STRATEGIES = ("majority_vote", "short_m_at_k", "first_finish")
 ENGINES = ("openai", "vllm")
-
-
-def _progress(text: str) -> None:
-    typer.echo(text, err=True)
 
 
 def process_cpu_s(pid: int) -> float:
@@ -219,7 +216,7 @@ def _run(o: FanoutOptions) -> tuple[str, bool]:
         for service in (engine, gateway):
             stack.callback(service.stop)
             service.start()
-        _progress("starting the stand-in engine and the gateway …")
+        progress("starting the stand-in engine and the gateway …")
         for service in (engine, gateway):
             service.wait_ready(60)
         assert gateway.process is not None
@@ -277,7 +274,7 @@ def _run(o: FanoutOptions) -> tuple[str, bool]:
                     ) from None
                 rows[key].runs.append(result)
                 done += 1
-                _progress(
+                progress(
                     f"[{done}/{total}] repeat {r + 1} {rows[key].label:<36} "
                     f"{result.tokens_per_s:>9,.0f} tokens/s {result.us_per_token:6.2f} us/token "
                     f"requests {result.requests} errors {result.errors} "
@@ -306,14 +303,14 @@ def render(
     lines = [
         "# ttc-gateway fan-out relay benchmark",
         "",
-        f"Command: `{_command_line()}`",
+        f"Command: `{command_line()}`",
         "",
-        f"Machine: {os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), {_cpu_model()}, "
+        f"Machine: {os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), {cpu_model()}, "
         f"{platform.system()} {platform.release()}",
         "",
-        f"Versions: ttc-gateway {_version('ttc-gateway')} ({_git_revision()}); Python "
-        f"{platform.python_version()}; aiohttp {_version('aiohttp')}; orjson "
-        f"{_version('orjson')}; uvloop {_version('uvloop')}",
+        f"Versions: ttc-gateway {version('ttc-gateway')} ({git_revision()}); Python "
+        f"{platform.python_version()}; aiohttp {version('aiohttp')}; orjson "
+        f"{version('orjson')}; uvloop {version('uvloop')}",
         "",
         f"Setup: instant stand-in engine, {o.tokens} tokens per sample, one token per SSE chunk, "
         f"the k={o.k} choices interleaved in one stream (stream_options "

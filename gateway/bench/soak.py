@@ -32,14 +32,15 @@ from typing import Annotated
 import aiohttp
 import typer
 
-from gateway.bench.overhead import (
+from gateway.bench.common import (
     HOST,
     BenchError,
     Service,
-    _command_line,
-    _cpu_model,
-    _git_revision,
+    command_line,
+    cpu_model,
+    git_revision,
     percentile,
+    progress,
     run_bench,
 )
 from gateway.engines.embedded import free_port
@@ -133,19 +134,19 @@ async def sample_rss(pid: int, every_s: float, samples: list[tuple[float, int]])
 
 
 async def _soak(gateway: Service, engine_url: str, options: SoakOptions) -> Report:
-    _progress(f"direct: {options.clients} clients for {options.baseline_s:.0f} s …")
+    progress(f"direct: {options.clients} clients for {options.baseline_s:.0f} s …")
     direct = await run_load(engine_url, options.clients, options.baseline_s, "direct")
-    _progress(_line(direct))
+    progress(_line(direct))
     assert gateway.process is not None
     samples: list[tuple[float, int]] = []
     sampler = asyncio.create_task(sample_rss(gateway.process.pid, options.rss_every_s, samples))
-    _progress(f"gateway: {options.clients} clients for {options.duration_s:.0f} s …")
+    progress(f"gateway: {options.clients} clients for {options.duration_s:.0f} s …")
     through = await run_load(gateway.base_url, options.clients, options.duration_s, "gateway")
     samples.append((samples[-1][0] if samples else 0.0, rss_bytes(gateway.process.pid)))
     sampler.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await sampler
-    _progress(_line(through))
+    progress(_line(through))
     return Report(options, direct, through, samples)
 
 
@@ -188,9 +189,9 @@ class Report:
         lines = [
             "# ttc-gateway soak benchmark",
             "",
-            f"Command: `{_command_line()}`",
+            f"Command: `{command_line()}`",
             "",
-            f"Machine: {_cpu_model()}; ttc-gateway {_git_revision()}",
+            f"Machine: {cpu_model()}; ttc-gateway {git_revision()}",
             "",
             f"Load: {o.clients} concurrent streaming clients, one request after another; "
             f"engine chunks {o.chunk_delay_ms:g} ms apart (5 SSE events per answer); direct "
@@ -271,10 +272,6 @@ def _line(load: Load) -> str:
         f"  {load.name}: {load.sent:,} sent, {load.completed:,} completed, "
         f"{sum(load.errors.values()):,} errors, {load.lost:,} lost, p99 {_ms(load.total_s, 99)} ms"
     )
-
-
-def _progress(text: str) -> None:
-    typer.echo(text, err=True)
 
 
 def soak(

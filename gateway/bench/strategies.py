@@ -50,17 +50,18 @@ from typing import Annotated, Any, TypeVar
 import aiohttp
 import typer
 
-from gateway.bench.overhead import (
+from gateway.bench.common import (
     HOST,
     BenchError,
     Service,
-    _command_line,
-    _cpu_model,
-    _git_revision,
-    _version,
+    command_line,
+    cpu_model,
+    git_revision,
     percentile,
+    progress,
     run_bench,
     settle,
+    version,
 )
 from gateway.engines.embedded import free_port
 from strategies.answers import answer_key, gsm8k_gold, normalize_answer
@@ -729,7 +730,7 @@ TIMEOUTS_TO_GIVE_UP = 2
 
 
 def _progress_outcome(name: str, index: int, outcome: Outcome) -> None:
-    _progress(
+    progress(
         f"  {name} #{index + 1}: {'ok   ' if outcome.correct else 'wrong'} "
         f"{outcome.wall_ms:9,.0f} ms {outcome.completion_tokens:6,} tokens"
         + (f" launched {outcome.launched} aborted {outcome.aborted}" if outcome.aborted else "")
@@ -913,7 +914,7 @@ async def measure_fastest_sample(
                 session, target, problem, sampling
             )
         except (BenchError, aiohttp.ClientError, TimeoutError) as exc:
-            _progress(f"  fastest-sample probe failed: {exc}")
+            progress(f"  fastest-sample probe failed: {exc}")
             result.errors += 1
             continue
         result.first_ms.append(first)
@@ -965,8 +966,6 @@ def _optillm_version(venv: Path) -> str:
 
 
 # -- the command --------------------------------------------------------------------------------
-def _progress(text: str) -> None:
-    typer.echo(text, err=True)
 
 
 def _strategy_list(text: str) -> list[str]:
@@ -1083,7 +1082,7 @@ def _run(
                 unset_prefixes=("TTC_",),
             )
             stack.callback(gateway.stop)
-            _progress("starting ttc-gateway serve (embedded default) …")
+            progress("starting ttc-gateway serve (embedded default) …")
             gateway.start()
             gateway.wait_ready(180)
             gateway_url = gateway.base_url
@@ -1105,12 +1104,12 @@ def _run(
         )
     rows, fastest, target, optillm_log = result
     versions = [
-        f"ttc-gateway {_version('ttc-gateway')} ({_git_revision()})",
+        f"ttc-gateway {version('ttc-gateway')} ({git_revision()})",
         f"Python {platform.python_version()}",
-        f"aiohttp {_version('aiohttp')}",
+        f"aiohttp {version('aiohttp')}",
     ]
     if started_here:
-        versions.append(f"xllamacpp {_version('xllamacpp')}")
+        versions.append(f"xllamacpp {version('xllamacpp')}")
     if OPTILLM in rows:
         versions.append(f"optillm {_optillm_version(optillm_venv)}")
     notes.extend(optillm_log)
@@ -1137,9 +1136,9 @@ def _run(
     lines = [
         "# ttc-gateway strategies benchmark",
         "",
-        f"Command: `{_command_line()}`",
+        f"Command: `{command_line()}`",
         "",
-        f"Machine: {os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), {_cpu_model()}, "
+        f"Machine: {os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), {cpu_model()}, "
         f"{platform.system()} {platform.release()}; 1-min load average {load_before:.2f} at the "
         f"start, {os.getloadavg()[0]:.2f} at the end (other work on the machine skews timings)",
         "",
@@ -1204,7 +1203,7 @@ async def _measure(
                     f"{name} skipped: not offered by this gateway "
                     f"(GET /v1/strategies lists {', '.join(sorted(target.strategies))})"
                 )
-        _progress(
+        progress(
             f"gateway {gateway_url}, model {target.model}, engine {target.engine} at "
             f"{target.engine_url}; {len(problems)} problems; strategies {', '.join(runnable)}"
         )
@@ -1228,12 +1227,12 @@ async def _measure(
                     session, optillm_service.base_url, target.model, sampling
                 )
             await asyncio.to_thread(settle)
-            _progress(f"{', '.join(arms)}: {len(problems)} problems, interleaved …")
+            progress(f"{', '.join(arms)}: {len(problems)} problems, interleaved …")
             rows = await run_interleaved(session, arms, problems, target.engine_url)
         else:
             for name in runnable:
                 await asyncio.to_thread(settle)
-                _progress(f"{name}: {len(problems)} problems …")
+                progress(f"{name}: {len(problems)} problems …")
                 before = await _engine_tokens(session, target.engine_url)
                 one = gateway_asker(session, target, name, sampling)
                 outcomes, elapsed = await _run_all(name, problems, concurrency, one)
@@ -1241,14 +1240,14 @@ async def _measure(
                 rows[name] = summarize(name, outcomes, elapsed, _difference(before, after))
             if optillm_service is not None:
                 await asyncio.to_thread(settle)
-                _progress(f"{OPTILLM} {OPTILLM_APPROACH} k={sampling.k}: {len(problems)} …")
+                progress(f"{OPTILLM} {OPTILLM_APPROACH} k={sampling.k}: {len(problems)} …")
                 before = await _engine_tokens(session, target.engine_url)
                 one = optillm_asker(session, optillm_service.base_url, target.model, sampling)
                 outcomes, elapsed = await _run_all(OPTILLM, problems, concurrency, one)
                 after = await _engine_tokens(session, target.engine_url)
                 rows[OPTILLM] = summarize(OPTILLM, outcomes, elapsed, _difference(before, after))
         for row in rows.values():
-            _progress(_progress_line(row))
+            progress(_progress_line(row))
 
         optillm_log: list[str] = []
         if optillm_service is not None:
@@ -1258,9 +1257,9 @@ async def _measure(
         fastest: FastestSample | None = None
         if "first_finish" in rows and "single" in target.strategies:
             await asyncio.to_thread(settle)
-            _progress(f"fastest single sample: {len(problems)} streamed single n={sampling.k} …")
+            progress(f"fastest single sample: {len(problems)} streamed single n={sampling.k} …")
             fastest = await measure_fastest_sample(session, target, problems, sampling)
-            _progress(f"  p50 {_num(fastest.p50_ms)} ms over {len(fastest.first_ms)} problems")
+            progress(f"  p50 {_num(fastest.p50_ms)} ms over {len(fastest.first_ms)} problems")
             if fastest.errors:
                 notes.append(f"fastest single sample: {fastest.errors} probe request(s) failed")
     return rows, fastest, target, optillm_log
@@ -1298,7 +1297,7 @@ async def _start_optillm(
         cwd=home,
     )
     stack.callback(service.stop)
-    _progress(f"starting optillm on port {port} → {target.engine_url}/v1 …")
+    progress(f"starting optillm on port {port} → {target.engine_url}/v1 …")
     service.start()
     await asyncio.to_thread(service.wait_ready, 300)
     return service

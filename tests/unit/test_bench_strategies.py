@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from gateway.bench.overhead import BenchError
+from gateway.bench.common import BenchError
 from gateway.bench.strategies import (
     DEFAULT_DATASET,
     OPTILLM,
