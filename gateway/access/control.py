@@ -17,6 +17,8 @@ shows the state.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import logging
 import math
@@ -62,6 +64,7 @@ log = logging.getLogger("ttc.access")
 HAS_KEYS_TTL_S = 1.0  # how long "does any key exist" is remembered (auth.mode auto)
 KNOWN_KEYS = 10_000  # keys remembered for on_failure=open
 PENDING_SETTLEMENTS = 100_000  # settlements kept while Redis is down
+REPLAY_INTERVAL_S = 1.0  # how often settlements kept while Redis was down are retried
 
 
 def open_store(auth: AuthConfig, state: SharedStateConfig) -> KeyStore:
@@ -149,6 +152,9 @@ class AccessControl:
         self._has_keys: tuple[float, bool] | None = None
         self._known: OrderedDict[str, KeyRecord] = OrderedDict()
         self._pending: deque[tuple[Reservation, int, int]] = deque(maxlen=PENDING_SETTLEMENTS)
+        # One replay at a time: two would settle the same first one twice, then drop the next.
+        self._replaying = asyncio.Lock()
+        self._replayer: asyncio.Task[None] | None = None
         self._degraded = False
         metrics.shared_state_up.labels(self.backend).set(1)
 
@@ -161,8 +167,13 @@ class AccessControl:
             log.info("API keys and limits: %s (auth.mode=%s)", where, self.auth.mode)
         except StateUnavailable as exc:
             self._unhealthy("ping", exc)
+        self._replayer = asyncio.create_task(self._replay_loop(), name="settlement-replay")
 
     async def close(self) -> None:
+        if self._replayer is not None:
+            self._replayer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._replayer
         await self._replay()
         await self.store.close()
 
@@ -180,7 +191,7 @@ class AccessControl:
             return OPEN
         secret = _bearer(authorization)
         try:
-            if self.auth.mode == "auto" and not await self._keys_exist():
+            if self.auth.mode == "auto" and not await self._keys_exist(secret is not None):
                 return OPEN
             if secret is None:
                 raise _denied(
@@ -225,9 +236,17 @@ class AccessControl:
         except StateUnavailable:
             return False
 
-    async def _keys_exist(self) -> bool:
+    async def _keys_exist(self, key_presented: bool = False) -> bool:
+        """Whether any key exists (``auth.mode: auto`` is open until one does), remembered
+        for ``HAS_KEYS_TTL_S``. A request that presents a key while the memo says "none" asks
+        the store again: a key created within that second must be checked and charged, not
+        let through open."""
         now = time.monotonic()
-        if self._has_keys is None or now - self._has_keys[0] > HAS_KEYS_TTL_S:
+        if (
+            self._has_keys is None
+            or now - self._has_keys[0] > HAS_KEYS_TTL_S
+            or (key_presented and not self._has_keys[1])
+        ):
             self._has_keys = (now, await self.store.has_keys())
         return self._has_keys[1]
 
@@ -327,18 +346,30 @@ class AccessControl:
             self._unhealthy("settle", exc)
 
     async def _replay(self) -> None:
-        """Settlements that failed while the store was down, in order, once it answers."""
+        """Settlements that failed while the store was down, in order, once it answers: on
+        the next admission, and every ``REPLAY_INTERVAL_S`` (so they do not wait for
+        traffic)."""
         if not self._pending:
             return  # the usual case: nothing to do on the request path
-        while self._pending:
-            reservation, tokens, nusd = self._pending[0]
+        async with self._replaying:
+            while self._pending:
+                reservation, tokens, nusd = self._pending[0]
+                try:
+                    await self.store.settle(reservation, tokens, nusd)
+                except StateUnavailable as exc:
+                    self._unhealthy("settle", exc)
+                    return
+                self._pending.popleft()
+                self.metrics.shared_state_pending.labels(self.backend).set(len(self._pending))
+            self._healthy()
+
+    async def _replay_loop(self) -> None:
+        while True:
+            await asyncio.sleep(REPLAY_INTERVAL_S)
             try:
-                await self.store.settle(reservation, tokens, nusd)
-            except StateUnavailable as exc:
-                self._unhealthy("settle", exc)
-                return
-            self._pending.popleft()
-        self.metrics.shared_state_pending.labels(self.backend).set(0)
+                await self._replay()
+            except Exception:  # a bug here must not stop the retries
+                log.exception("replaying settlements failed")
 
     # -- failure policy ---------------------------------------------------------------------
     def _degraded_admit(self, secret: str | None, exc: StateUnavailable) -> Admission:

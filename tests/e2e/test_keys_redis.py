@@ -259,6 +259,13 @@ async def test_redis_killed_during_traffic_follows_the_policy_and_limits_resume(
             assert await status(open_url, unseen["key"]) == 200
         assert metric(open_url, "ttc_shared_state_up") == 1
         assert metric(open_url, "ttc_shared_state_pending_settlements") == 0
+        # a settlement the closed replica could not make in time (a slow machine) is retried
+        # every second, not only on its next request
+        for _ in range(100):
+            if not metric(closed_url, "ttc_shared_state_pending_settlements"):
+                break
+            await asyncio.sleep(0.1)
+        assert metric(closed_url, "ttc_shared_state_pending_settlements") == 0
         # what the key spent during the outage was booked once Redis was back (replayed)
         assert len(known_costs) == 8
         spent = key_usage(redis_proc.url, known["id"])["spent_usd"]

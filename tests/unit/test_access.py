@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
 import pytest
 
+from gateway.access import control as access_control
 from gateway.access.control import AccessControl, PriceCeiling, redacted_url
 from gateway.access.stores import (
     AdmitResult,
@@ -16,6 +18,7 @@ from gateway.access.stores import (
     Reservation,
     StateUnavailable,
     hash_secret,
+    to_nusd,
 )
 from gateway.config import AuthConfig, SharedStateConfig
 from gateway.errors import GatewayError
@@ -80,6 +83,18 @@ async def test_once_a_key_exists_requests_need_it() -> None:
     assert status_of(await refusal(access, f"Basic {secret}")) == 401
     admission = await access.admit(f"Bearer {secret}", "single", 1, worst)
     assert admission.key_id == "k1"
+
+
+async def test_a_key_created_within_the_memo_second_is_checked_and_charged() -> None:
+    access, store, _ = await control(no_key=True)
+    assert (await access.admit(None, "single", 1, worst)).reservation is None  # open: no key
+    await store.add(KeyRecord("k1", "test", hash_secret("ttc-new"), time.time()))
+    # the memo of "no key exists" is a second old at most: a request presenting a key asks
+    # the store again, is checked, and reserves (was let through open, its spend unbilled)
+    admission = await access.admit("Bearer ttc-new", "single", 1, worst)
+    assert admission.key_id == "k1" and admission.reservation is not None
+    wrong = await refusal(access, "Bearer ttc-wrong")
+    assert (status_of(wrong), wrong.code) == (401, "invalid_api_key")
 
 
 async def test_mode_on_requires_a_key_even_before_one_exists_and_off_never() -> None:
@@ -241,3 +256,56 @@ def test_a_redis_url_is_logged_without_its_password() -> None:
     assert redacted_url("redis://:s3cret@redis:6379/0") == "redis://:***@redis:6379/0"
     assert redacted_url("rediss://app:s3cret@r.example:6380") == "rediss://app:***@r.example:6380"
     assert redacted_url("redis://redis:6379/0") == "redis://redis:6379/0"
+
+
+class SlowStore(FlakyStore):
+    """Each settlement takes a turn of the event loop, as a network round trip does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.settled: list[int] = []
+
+    async def settle(self, reservation: Reservation, tokens: int, nusd: int) -> None:
+        await asyncio.sleep(0)
+        await super().settle(reservation, tokens, nusd)
+        self.settled.append(nusd)
+
+
+async def test_settlements_kept_while_down_are_replayed_once_each_by_concurrent_requests() -> None:
+    store, metrics = SlowStore(), GatewayMetrics()
+    await store.add(KeyRecord("k1", "test", hash_secret("ttc-known"), time.time()))
+    access = AccessControl(AuthConfig(), SharedStateConfig(), store, metrics, PRICES)
+    admissions = [await access.admit("Bearer ttc-known", "single", 1, worst) for _ in range(3)]
+    store.down = True
+    for i, admission in enumerate(admissions):
+        await admission.settle(tokens=1, cost_usd=0.1 * (i + 1))  # kept while down
+    assert len(access._pending) == 3
+    store.down = False
+    await asyncio.gather(*(access.admit("Bearer ttc-known", "single", 1, worst) for _ in range(2)))
+    # in order, each once (two replays at a time settled the first twice and dropped the next)
+    assert store.settled == [to_nusd(0.1), to_nusd(0.2), to_nusd(0.3)]
+    assert not access._pending
+
+
+async def test_settlements_kept_while_down_are_replayed_without_waiting_for_traffic(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(access_control, "REPLAY_INTERVAL_S", 0.01)
+    access, store, metrics = await flaky("open")
+    admission = await access.admit("Bearer ttc-known", "single", 1, worst)
+    await access.start()
+    try:
+        store.down = True
+        await admission.settle(tokens=10, cost_usd=0.5)
+        assert metrics.shared_state_pending.labels("memory")._value.get() == 1
+        store.down = False
+        for _ in range(200):  # no request comes: the gateway replays on its own
+            if not access._pending:
+                break
+            await asyncio.sleep(0.01)
+        usage = {r.id: u for r, u in await store.records()}
+        assert usage["k1"].spent_usd == pytest.approx(0.5)
+        assert metrics.shared_state_pending.labels("memory")._value.get() == 0
+        assert metrics.shared_state_up.labels("memory")._value.get() == 1
+    finally:
+        await access.close()
