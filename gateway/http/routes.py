@@ -179,6 +179,7 @@ async def _sampling(request: Request, endpoint: str) -> Response:
         choice = select_strategy(request.headers, parsed.ttc, state.settings.default_strategy)
         try:
             spec = get_strategy(choice.name)
+            ctx.strategy = spec.name  # a refused parameter is counted under its strategy
             budgets, own_params = split_budgets(choice.params)
             params = spec.parse(own_params)
         except UnknownStrategy as exc:
@@ -189,7 +190,6 @@ async def _sampling(request: Request, endpoint: str) -> Response:
             raise invalid_request(
                 str(exc), param=choice.origins.get(exc.param, exc.param)
             ) from None
-        ctx.strategy = spec.name
         pool = state.pools.for_model(parsed.model)
         model = pool.model
         if state.upstream.meter is not None:

@@ -78,7 +78,14 @@ async def test_every_request_is_counted_once_with_the_status_it_ended_with() -> 
             "/v1/chat/completions", json=chat_body(), headers=strategy("nonesuch")
         )
         assert bad.status_code == 400
-        assert requests_by_status(gw) == {"200": 5, "400": 1}
+        no_samples = await gw.client.post(
+            "/v1/chat/completions", json=chat_body(), headers=strategy("majority_vote", K=0)
+        )
+        assert no_samples.status_code == 400
+        assert requests_by_status(gw) == {"200": 5, "400": 2}
+        # a refused parameter is counted under the strategy that refused it
+        refused = {"strategy": "majority_vote", "status": "400"}
+        assert await gw.metric("ttc_requests_total", **refused) == 1
 
 
 async def test_a_stream_broken_after_it_started_counts_as_an_error_with_a_warning(
