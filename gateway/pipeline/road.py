@@ -4,8 +4,8 @@ then its answer with the ``ttc`` report and ``X-TTC-*`` headers.
 Every budget is applied here, once, before anything is sent: the deadline
 (``X-TTC-Deadline-Ms``) for all; the token total (``X-TTC-Max-Tokens-Total``) and the cost cap
 (``X-TTC-Max-Cost-USD``, after counting the prompt with a worker's tokenizer) become the
-pass-through's ``max_tokens``, and are checked on every token of a strategy's samples
-(``BudgetGuard``). ``single`` is the pass-through: its answer is the engine's own (``n``
+pass-through's ``max_tokens``, and are checked on every chunk of a strategy's samples as it
+is read (``BudgetGuard``). ``single`` is the pass-through: its answer is the engine's own (``n``
 choices, tool calls, log-probs, ``/v1/completions``), relayed and counted by
 ``gateway.upstream.client``; every other strategy is run by ``StrategyRunner``.
 """

@@ -14,8 +14,9 @@ hits that worker's prefix cache. ``render_chat`` asks a worker of a role's pool 
 its chat template makes (``EngineAdapter.render_chat``).
 
 Accounting: every stream keeps a ``StreamTally``; the request's usage is the sum over all of
-them, aborted ones included. Budgets: the deadline and the token total are checked on every
-delta; when one runs out every stream is aborted and ``BudgetExhausted`` is raised.
+them, aborted ones included. Budgets (``BudgetGuard``): the deadline is checked before every
+delta given to the strategy, the token total and the cost cap by each stream's reader after
+every chunk; when one runs out every stream is aborted and ``BudgetExhausted`` is raised.
 """
 
 from __future__ import annotations
