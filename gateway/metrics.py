@@ -199,7 +199,8 @@ class GatewayMetrics:
         )
         self.upstream_errors = Counter(
             "ttc_upstream_errors",
-            "Failed calls to workers, by kind (connect, timeout, http_5xx, http_4xx, protocol)",
+            "Failed calls to workers, by kind (connect, timeout, http_5xx, http_4xx, protocol; "
+            "dropped: the connection closed before any answer and the call was sent once more)",
             ["pool", "worker", "kind"],
             registry=r,
         )

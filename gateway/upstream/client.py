@@ -127,6 +127,7 @@ class Upstream:
         only if none was reached."""
         tried: list[Worker] = []
         sequences = int(body.get("n") or 1)
+        resent = False
         while True:
             lease = pool.lease(exclude=tried, prefer=prefer, sequences=sequences)
             worker = lease.worker
@@ -152,6 +153,18 @@ class Upstream:
                 raise bad_gateway(
                     f"worker {worker.name} of pool {pool.name} is unreachable"
                 ) from None
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                # Dropped before any answer: most often a kept-alive connection the engine had
+                # just closed (llama.cpp's HTTP server also resets some under a burst of new
+                # connections). Send it once more, as HTTP clients do for a stale connection;
+                # a second drop is the worker's failure.
+                lease.release()
+                await asyncio.shield(pool.adapter.abort(pool.session, worker.url, ctx.request_id))
+                if resent:
+                    raise self._translate(pool, worker, exc, ctx) from None
+                resent = True
+                self.metrics.upstream_errors.labels(pool.name, worker.name, "dropped").inc()
+                continue
             except BaseException as exc:
                 # The body may have reached the engine (cancelled or timed out while waiting
                 # for its answer; a non-streamed answer's headers come only when it is done):

@@ -4,12 +4,52 @@ answer ``/health`` but fail their completions."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
 
 from gateway.config import CircuitBreakerConfig
 from tests.standin import Script, serve_standin
 from tests.standin_fixtures import chat_body, pool_for, serve_gateway, sse_events
 
 BREAKER = CircuitBreakerConfig(failures=2, cooldown_s=0.5)
+
+
+@dataclasses.dataclass
+class DroppingProxy:
+    url: str
+    drops: int = 0  # the next completion requests to drop
+
+
+@contextlib.asynccontextmanager
+async def dropping_proxy(target: str) -> AsyncIterator[DroppingProxy]:
+    """A TCP proxy to ``target`` that closes the connection, without an answer, on the next
+    ``drops`` completion requests (a kept-alive connection the engine had just closed, or
+    llama.cpp resetting connections under a burst); health checks and tokenizing pass."""
+    host, port = urlsplit(target).hostname, urlsplit(target).port
+    proxy = DroppingProxy("")
+
+    async def pipe(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, requests: bool
+    ) -> None:
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(65536):
+                if requests and data.startswith(b"POST /v1/") and proxy.drops > 0:
+                    proxy.drops -= 1
+                    break
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(host, port)
+        await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False))
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    proxy.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    async with server:
+        yield proxy
 
 
 async def circuit_states(client: object) -> dict[str, float]:
@@ -87,3 +127,37 @@ async def test_a_client_error_does_not_count_against_the_worker() -> None:
         ]
         assert statuses == [400] * 4
         assert (await circuit_states(gw.client))["pool-0"] == 0
+
+
+async def test_a_connection_dropped_before_any_answer_is_sent_once_more() -> None:
+    """Dropped once: the call goes again and the client never knows (counted as ``dropped``,
+    not against the worker). Dropped twice: the worker failed, a 502."""
+    async with (
+        serve_standin("vllm") as worker,
+        dropping_proxy(worker.url) as proxy,
+        serve_gateway(pool_for("vllm", proxy.url), circuit_breaker=BREAKER) as gw,
+    ):
+        proxy.drops = 1
+        streamed = await gw.client.post("/v1/chat/completions", json=chat_body(stream=True))
+        assert streamed.status_code == 200 and proxy.drops == 0
+        assert sse_events(streamed.text)[-1] == "[DONE]"
+        proxy.drops = 1
+        whole = await gw.client.post("/v1/chat/completions", json=chat_body())
+        assert whole.status_code == 200 and proxy.drops == 0
+        assert whole.json()["choices"][0]["message"]["content"]
+        assert len(worker.engine.requests) == 2  # the dropped calls never reached the engine
+        assert await gw.metric("ttc_upstream_errors_total", kind="dropped") == 2
+        assert (await circuit_states(gw.client))["pool-0"] == 0
+
+        proxy.drops = 2
+        failed = await gw.client.post("/v1/chat/completions", json=chat_body())
+        assert failed.status_code == 502
+        assert "pool-0 broke the connection" in failed.json()["error"]["message"]
+        assert proxy.url.rsplit(":", 1)[1] not in failed.text  # no internal address
+        assert await gw.metric("ttc_upstream_errors_total", kind="dropped") == 3
+        assert await gw.metric("ttc_upstream_errors_total", kind="protocol") == 1
+
+        served = await gw.client.post("/v1/chat/completions", json=chat_body())
+        assert served.status_code == 200
+        assert len(worker.engine.requests) == 3
+        assert await gw.in_flight() == {proxy.url: 0}
