@@ -153,6 +153,44 @@ class DnsDiscoveryConfig(_Strict):
     energy: EnergyConfig | None = Field(None, description="As for a worker, for each one found")
 
 
+class RoutingConfig(_Strict):
+    """How a pool picks a worker for each call (``gateway.upstream.routing``). The
+    ``cache_aware`` defaults are SGLang's router's (``--cache-threshold 0.3``,
+    ``--balance-abs-threshold 64``, ``--balance-rel-threshold 1.5``)."""
+
+    policy: Literal["least_loaded", "round_robin", "session", "cache_aware"] | None = Field(
+        None,
+        description="least_loaded, round_robin, session (sticky on X-TTC-Session or `user`) or "
+        "cache_aware; default: cache_aware for a pool with more than one worker (or discovery), "
+        "else least_loaded",
+    )
+    cache_threshold: float = Field(
+        0.3,
+        ge=0,
+        lt=1,
+        description="cache_aware: share of the prompt a worker must hold (by the gateway's "
+        "index) to get it; below, the least-loaded worker does",
+    )
+    balance_abs_threshold: int = Field(
+        64,
+        ge=0,
+        description="cache_aware: a worker holding the prefix is passed over when it has more "
+        "than this many samples in flight above the least-loaded worker ...",
+    )
+    balance_rel_threshold: float = Field(
+        1.5, ge=1, description="cache_aware: ... and more than this times its samples in flight"
+    )
+    block_chars: int = Field(
+        64, ge=8, le=4096, description="cache_aware: characters per indexed block (~16 tokens)"
+    )
+    max_index_blocks: int = Field(
+        262_144,
+        ge=1,
+        description="cache_aware: blocks the index keeps (least recently used evicted first); "
+        "about 150 bytes each, 16 Mi characters of prompts at the defaults",
+    )
+
+
 class PoolConfig(_Strict):
     """Workers that serve one model with one engine, grouped under roles."""
 
@@ -171,6 +209,7 @@ class PoolConfig(_Strict):
     )
     embedded: EmbeddedLlamaCppConfig | None = None
     api_key: str | None = Field(None, description="Bearer token sent to the workers, if any")
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
     supports_n: bool = Field(True, description="Engine honours `n` > 1 in one request")
     connect_timeout_s: float = Field(5.0, gt=0)
     read_timeout_s: float = Field(

@@ -204,6 +204,22 @@ class GatewayMetrics:
             ["pool", "worker", "kind"],
             registry=r,
         )
+        self.routing_decisions = Counter(
+            "ttc_routing_decisions",
+            "Workers chosen for upstream calls, by pool, policy and outcome: hit (the worker "
+            "holding the prompt's prefix), miss (none held enough: the least-loaded one), spill "
+            "(the holder was too busy: the least-loaded one), balanced (a prefix-blind policy)",
+            ["pool", "policy", "outcome"],
+            registry=r,
+        )
+        self.routing_index_blocks = Gauge(
+            "ttc_routing_index_blocks",
+            "Prompt blocks in the pool's prefix index (cache_aware; bounded by "
+            "routing.max_index_blocks)",
+            ["pool"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.worker_in_flight = Gauge(
             "ttc_worker_in_flight",
             "Requests the gateway has in flight on each worker",

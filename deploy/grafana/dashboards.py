@@ -292,6 +292,18 @@ WORKERS = Dashboard(
             "Prompt tokens served from the prefix cache over prompt tokens looked up",
         ),
         Panel(
+            "Routing: decisions by outcome",
+            {
+                "{{pool}} {{outcome}}": "sum by (pool, outcome) "
+                f"(rate(ttc_routing_decisions_total{R}))"
+            },
+            "reqps",
+            "Each upstream call's worker choice (pools[].routing.policy). hit: the worker "
+            "holding the prompt's prefix; miss: none held enough, the least-loaded one; spill: "
+            "the holder was too busy; balanced: a prefix-blind policy. Compare with the engines' "
+            "hit ratio beside it",
+        ),
+        Panel(
             "Engine: KV-cache usage",
             {"{{worker}}": "max by (worker) (ttc_engine_kv_cache_usage_ratio)"},
             "percentunit",

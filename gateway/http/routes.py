@@ -33,6 +33,7 @@ from gateway.openai.requests import (
     prompt_token_bound,
 )
 from gateway.pipeline.road import Pipeline, Sampling
+from gateway.pipeline.runner import worker_header
 from gateway.tasks import finish_even_if_cancelled, primed
 from gateway.upstream.client import RequestContext, Upstream
 from gateway.upstream.pool import PoolRegistry
@@ -47,6 +48,7 @@ from strategies import (
 router = APIRouter()
 
 STRATEGY_HEADER = "x-ttc-strategy"
+SESSION_HEADER = "x-ttc-session"  # routing (the `session` policy), not a strategy parameter
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left before its answer
 PARAM_HEADER_PREFIX = "x-ttc-"
 
@@ -144,7 +146,7 @@ def select_strategy(
             if key == STRATEGY_HEADER:
                 name = value
                 strategy_origin = "X-TTC-Strategy"
-            else:
+            elif key != SESSION_HEADER:
                 param = key[len(PARAM_HEADER_PREFIX) :].replace("-", "_")
                 params[param] = value
                 origins[param] = header_name(param)
@@ -177,6 +179,10 @@ async def _sampling(request: Request, endpoint: str) -> Response:
             state.settings.limits,
         )
         choice = select_strategy(request.headers, parsed.ttc, state.settings.default_strategy)
+        user = body.get("user")
+        ctx.session = request.headers.get(SESSION_HEADER) or (
+            user if isinstance(user, str) and user else None
+        )
         try:
             spec = get_strategy(choice.name)
             ctx.strategy = spec.name  # a refused parameter is counted under its strategy
@@ -233,7 +239,7 @@ async def _sampling(request: Request, endpoint: str) -> Response:
                 ctx,
                 model,
                 endpoint,
-                {"X-TTC-Strategy": spec.name},
+                {"X-TTC-Strategy": spec.name, **worker_header(ctx)},
             )
         answer = await cancel_on_disconnect(request.receive, state.pipeline.answer(sampling, ctx))
         response = Response(

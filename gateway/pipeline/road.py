@@ -20,7 +20,7 @@ from typing import Any
 
 from gateway.errors import invalid_request
 from gateway.metrics import GatewayMetrics
-from gateway.pipeline.runner import StrategyRunner, cost_headers
+from gateway.pipeline.runner import StrategyRunner, cost_headers, worker_header
 from gateway.upstream.client import RequestContext, Upstream
 from gateway.upstream.pool import WorkerPool
 from strategies import Budgets, StrategySpec
@@ -132,11 +132,10 @@ class Pipeline:
             )
             return Answer(self.runner.completion(result, ctx, sampling.model), result.headers())
         body = await self.upstream.complete(sampling.pool, ctx, sampling.body, sampling.n)
+        headers.update(worker_header(ctx))
+        body["ttc"] = {"strategy": sampling.spec.name, "worker": ", ".join(ctx.workers)}
         if ctx.meter is not None and self.upstream.meter is not None:
-            body["ttc"] = {
-                "strategy": sampling.spec.name,
-                **await self.upstream.meter.report(ctx.meter),
-            }
+            body["ttc"].update(await self.upstream.meter.report(ctx.meter))
             headers.update(cost_headers(body["ttc"]))
         self.metrics.overhead.labels(sampling.spec.name).observe(
             time.perf_counter() - ctx.arrived - ctx.upstream_s

@@ -46,6 +46,12 @@ def cost_headers(report: dict[str, Any]) -> dict[str, str]:
     }
 
 
+def worker_header(ctx: RequestContext) -> dict[str, str]:
+    """``X-TTC-Worker``: the workers that served the request so far, by name (never their
+    address), comma-separated when its calls went to several."""
+    return {"X-TTC-Worker": ", ".join(ctx.workers)} if ctx.workers else {}
+
+
 @dataclass
 class StrategyResult:
     outcome: StrategyOutcome
@@ -62,6 +68,7 @@ class StrategyResult:
             "X-TTC-Wasted-Tokens": str(self.report["wasted_tokens"]),
             "X-TTC-Time-To-Decision-Ms": str(self.report["time_to_decision_ms"]),
             "X-TTC-Truncated": "true" if self.report["truncated"] else "false",
+            **({"X-TTC-Worker": self.report["worker"]} if self.report["worker"] else {}),
             **cost_headers(self.report),
         }
 
@@ -133,6 +140,7 @@ class StrategyRunner:
             "strategy": spec.name,
             "parameters": params,
             "samples": counts,
+            "worker": ", ".join(ctx.workers),
             "placement": sampler.placement(),
             "sample_tokens": sampler.sample_tokens(),
             "votes": outcome.votes,

@@ -38,6 +38,7 @@ from gateway.openai.sse import DONE, iter_sse_batches
 from gateway.tasks import finish_even_if_cancelled
 from gateway.upstream.client import RequestContext, Upstream
 from gateway.upstream.pool import PoolRegistry, Worker, WorkerLease, WorkerPool
+from gateway.upstream.routing import RouteRequest
 from strategies.sampling import BudgetExhausted, BudgetName, RoleName, SampleDelta, SampleRequest
 
 # Fields of the client's body that the sampler sets itself.
@@ -346,13 +347,14 @@ class PoolSampler:
             body["messages"] = request.messages
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
+        route = RouteRequest(body, self.ctx.session)  # the same prompt for every part
         parts: list[tuple[Worker | None, int]]
         if not pool.config.supports_n:
             parts = [(None, 1)] * k
         elif sticky is not None:
             parts = [(None, k)]  # the sticky worker's prefix cache matters more
-        else:
-            parts = pool.plan(k)  # one worker when it has room for all k; split if not
+        else:  # the policy's worker when it has room for all k; split if not
+            parts = pool.plan(k, route)
         streams: list[_Stream] = []
         try:
             offset = 0
@@ -367,6 +369,8 @@ class PoolSampler:
                     client_deadline_ms=self.ctx.client_deadline_ms,
                     meter=self.ctx.meter,
                     cut_calls=self.ctx.cut_calls,  # billed with the request's
+                    session=self.ctx.session,
+                    workers=self.ctx.workers,  # reported with the request's
                     role=role or "default",
                 )
                 lease, response = await self.upstream.open(
@@ -374,6 +378,7 @@ class PoolSampler:
                     ctx,
                     {**body, "n": size},
                     prefer=self._sticky.get(sticky) if sticky else planned,
+                    route=route,
                 )
                 if sticky is not None:
                     self._sticky[sticky] = lease.worker

@@ -45,6 +45,7 @@ from gateway.openai.requests import prompt_token_bound
 from gateway.openai.sse import DONE, encode_done, encode_event, iter_sse_data
 from gateway.tasks import finish_even_if_cancelled, primed
 from gateway.upstream.pool import Worker, WorkerLease, WorkerPool
+from gateway.upstream.routing import RouteRequest
 
 log = logging.getLogger("ttc.proxy")
 
@@ -74,6 +75,10 @@ class RequestContext:
     failure: GatewayError | None = None
     # X-TTC-Max-Cost-USD: the prompt's tokens as a worker counted them
     counted_prompt_tokens: int | None = None
+    # The client's session key (X-TTC-Session, else the body's `user`): the `session` policy
+    session: str | None = None
+    # The workers that served the request's calls, by name, in order (X-TTC-Worker, ttc.worker)
+    workers: list[str] = field(default_factory=list)
     # Calls cut before their answer (their prompt is billed once the request has stopped, so
     # counting it never keeps other calls running): (pool, worker, the call's context, body).
     cut_calls: list[tuple[WorkerPool, Worker, RequestContext, dict[str, Any]]] = field(
@@ -122,14 +127,17 @@ class Upstream:
         ctx: RequestContext,
         body: dict[str, Any],
         prefer: Worker | None = None,
+        route: RouteRequest | None = None,
     ) -> tuple[WorkerLease, aiohttp.ClientResponse]:
-        """Send ``body`` to the best worker (``prefer`` while it can take it); retry on another
-        only if none was reached."""
+        """Send ``body`` to the worker the pool's routing policy picks (``prefer`` while it can
+        take it); retry on another only if none was reached. ``route``: the body's routing
+        view, when the caller already made it (``pool.plan``)."""
         tried: list[Worker] = []
         sequences = int(body.get("n") or 1)
+        route = route or RouteRequest(body, ctx.session)
         resent = False
         while True:
-            lease = pool.lease(exclude=tried, prefer=prefer, sequences=sequences)
+            lease = pool.lease(exclude=tried, prefer=prefer, sequences=sequences, route=route)
             worker = lease.worker
             payload = pool.adapter.prepare(dict(body), pool.upstream_model, ctx.request_id)
             sent = time.perf_counter()
@@ -182,6 +190,8 @@ class Upstream:
                     tried.append(worker)  # nothing reached the client yet: try another worker
                     continue
                 raise error
+            if worker.name not in ctx.workers:
+                ctx.workers.append(worker.name)
             return lease, response
 
     async def _http_error(

@@ -1,11 +1,12 @@
-"""Worker pools: one long-lived HTTP client per pool, health checks, least-loaded selection.
+"""Worker pools: one long-lived HTTP client per pool, health checks, worker selection.
 
-A ``WorkerPool`` owns the workers of one model/engine. ``lease()`` picks, among the healthy
-workers whose circuit breaker lets requests through (``gateway.upstream.breaker``), the one with the
-fewest requests in flight and returns a ``WorkerLease`` whose ``release()`` (called from a
-``finally`` or ``async with``) gives the slot back on every exit path: success, error, timeout,
-client disconnect. A preferred worker (``prefer=``) is taken while it is healthy and has a free
-slot, so a step-wise strategy's calls reach the worker whose prefix cache holds their prompt.
+A ``WorkerPool`` owns the workers of one model/engine. ``lease()`` lets the pool's routing
+policy (``gateway.upstream.routing``) pick among the healthy workers whose circuit breaker lets
+requests through (``gateway.upstream.breaker``) and that have room, and returns a
+``WorkerLease`` whose ``release()`` (called from a ``finally`` or ``async with``) gives the
+slot back on every exit path: success, error, timeout, client disconnect. A preferred worker
+(``prefer=``) is taken while it is healthy and has a free slot, so a step-wise strategy's calls
+reach the worker whose prefix cache holds their prompt.
 
 The upstream client is aiohttp rather than httpx: on this project's 2-core machines httpx's
 default transport reached 254 requests/s at 64 concurrent requests against 2,059 for aiohttp
@@ -34,6 +35,7 @@ from gateway.errors import InvalidRequest, RateLimited, Unavailable, model_not_f
 from gateway.metering.energy import BusyClock
 from gateway.metrics import GatewayMetrics
 from gateway.upstream.breaker import BreakerState, CircuitBreaker
+from gateway.upstream.routing import RouteRequest, RoutingPolicy, least_loaded, make_policy
 from strategies.sampling import RoleName
 
 log = logging.getLogger("ttc.pool")
@@ -135,7 +137,12 @@ class WorkerPool:
         self._discovered_names = itertools.count(len(self.workers))
         self._health = health
         self._metrics = metrics
-        self._rotation = itertools.count()
+        self.policy: RoutingPolicy = make_policy(
+            config.routing,
+            self.workers,
+            several=len(self.workers) > 1 or config.discovery is not None,
+        )
+        self._rotation = itertools.count()  # calls that carry no prompt (tokenizing, ...)
         self._session: aiohttp.ClientSession | None = None
         self._health_task: asyncio.Task[None] | None = None
         self._discovery_task: asyncio.Task[None] | None = None
@@ -217,6 +224,7 @@ class WorkerPool:
                 await self._check_worker(worker)
         for gone in [w for w in self.workers if w.retired and w.in_flight == 0]:
             self.workers.remove(gone)
+            self.policy.forget(gone)
             for gauge in (
                 self._metrics.worker_healthy,
                 self._metrics.worker_in_flight,
@@ -256,12 +264,12 @@ class WorkerPool:
         healthy = [w for w in self.workers if w.healthy and not w.retired and id(w) not in skip]
         return healthy, [w for w in healthy if w.breaker.allows()]
 
-    def plan(self, samples: int) -> list[tuple[Worker | None, int]]:
-        """Where ``samples`` samples of one prompt go: all on one worker (one request with
-        ``n``, one prefill) while the worker with the most free sequences can take them all;
-        else split over the workers with free sequences, in as few parts as possible. Without
-        ``max_sequences`` on every worker there is nothing to go by: one part, no worker named
-        (``lease`` picks)."""
+    def plan(self, samples: int, route: RouteRequest) -> list[tuple[Worker | None, int]]:
+        """Where ``samples`` samples of one prompt go: all on the worker the routing policy
+        picks (one request with ``n``, one prefill, its cached prefix) while it has free
+        sequences for them all; else split over the workers with free sequences, the policy's
+        pick first, in as few parts as possible. Without ``max_sequences`` on every worker
+        there is no room to go by: one part, no worker named (``lease`` asks the policy)."""
         _, candidates = self._candidates()
         if not candidates or any(w.config.max_sequences is None for w in candidates):
             return [(None, samples)]
@@ -269,17 +277,24 @@ class WorkerPool:
         def free(worker: Worker) -> int:
             return (worker.config.max_sequences or 0) - worker.sequences
 
-        by_room = sorted(candidates, key=lambda w: (-free(w), w.in_flight))
+        roomy = [w for w in candidates if w.in_flight < w.max_in_flight] or candidates
+        home = self._choose(roomy, route)
+        if free(home) >= samples:
+            return [(home, samples)]
+        others = sorted(
+            (w for w in candidates if w is not home), key=lambda w: (-free(w), w.in_flight)
+        )
         parts: list[tuple[Worker | None, int]] = []
         left = samples
-        for worker in by_room:
-            if left == 0 or free(worker) <= 0:
+        for worker in [home, *others]:
+            if left == 0:
                 break
-            take = min(free(worker), left)
-            parts.append((worker, take))
-            left -= take
+            if free(worker) > 0:
+                take = min(free(worker), left)
+                parts.append((worker, take))
+                left -= take
         if not parts:
-            return [(by_room[0], samples)]  # every worker is full: queue on the least busy
+            return [(home, samples)]  # every worker is full: queue on the policy's pick
         if left:  # more samples than free sequences anywhere: the rest queue on the first
             first, size = parts[0]
             parts[0] = (first, size + left)
@@ -290,17 +305,21 @@ class WorkerPool:
         exclude: Iterable[Worker] = (),
         prefer: Worker | None = None,
         sequences: int = 1,
+        route: RouteRequest | None = None,
     ) -> WorkerLease:
         """Take a slot on ``prefer`` when it is healthy, its circuit lets requests through and
-        it has room, else on the least-loaded such worker (ties rotate), or raise
-        ``RateLimited`` (all busy) or ``Unavailable`` (none healthy).
-        ``sequences``: the samples the request carries (its ``n``)."""
+        it has room, else on the such worker the routing policy picks for ``route`` (the
+        least-loaded one for a call without a prompt), or raise ``RateLimited`` (all busy) or
+        ``Unavailable`` (none healthy). ``sequences``: the samples the request carries (its
+        ``n``)."""
         healthy, candidates = self._candidates(exclude)
         if (
             prefer is not None
             and prefer.in_flight < prefer.max_in_flight
             and any(w is prefer for w in candidates)
         ):
+            if route is not None:
+                self.policy.sent(prefer, route)
             return self._take(prefer, sequences)
         if not candidates:
             if healthy:
@@ -316,21 +335,23 @@ class WorkerPool:
                 code="no_healthy_worker",
                 retry_after_s=max(1, round(self._health.interval_s)),
             )
-        start = next(self._rotation) % len(candidates)
-        best: Worker | None = None
-        for offset in range(len(candidates)):
-            worker = candidates[(start + offset) % len(candidates)]
-            if worker.in_flight < worker.max_in_flight and (
-                best is None or worker.in_flight < best.in_flight
-            ):
-                best = worker
-        if best is None:
+        roomy = [w for w in candidates if w.in_flight < w.max_in_flight]
+        if not roomy:
             raise RateLimited(
                 f"all workers for model {self.model!r} are at capacity",
                 code="overloaded",
                 retry_after_s=1,
             )
-        return self._take(best, sequences)
+        if route is None:
+            return self._take(least_loaded(roomy, next(self._rotation)), sequences)
+        return self._take(self._choose(roomy, route), sequences)
+
+    def _choose(self, workers: list[Worker], route: RouteRequest) -> Worker:
+        """The policy's pick among ``workers``, counted by outcome."""
+        worker, outcome = self.policy.choose(workers, route)
+        self._metrics.routing_decisions.labels(self.name, self.policy.name, outcome).inc()
+        self._metrics.routing_index_blocks.labels(self.name).set(self.policy.index_blocks())
+        return worker
 
     def _take(self, worker: Worker, sequences: int) -> WorkerLease:
         probe = worker.breaker.state is BreakerState.HALF_OPEN
@@ -379,6 +400,7 @@ class WorkerPool:
         if worker.healthy:
             log.warning("worker %s of pool %s marked down: %s", worker.url, self.name, reason)
         worker.healthy = False
+        self.policy.forget(worker)  # a worker back from down has lost its cache
         self._metrics.worker_healthy.labels(self.name, worker.name).set(0)
 
     # -- health -----------------------------------------------------------------------------
