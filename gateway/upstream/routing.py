@@ -208,20 +208,25 @@ class PrefixIndex:
         return bit
 
     def matched(self, blocks: Sequence[int], workers: Sequence[Worker]) -> list[int]:
-        """How many leading blocks each of ``workers`` holds."""
-        masks = []
+        """How many leading blocks each of ``workers`` holds (one pass: ``alive`` keeps the
+        bits of the workers that held every block so far)."""
+        bits = [self._bits.get(id(worker), 0) for worker in workers]
+        alive = 0
+        for bit in bits:
+            alive |= bit
+        depth_of: dict[int, int] = {}
+        depth = 0
         for block in blocks:
-            mask = self._blocks.get(block)
-            if mask is None:
+            if not alive:
                 break
-            masks.append(mask)
-        depths = []
-        for worker in workers:
-            bit, depth = self._bits.get(id(worker), 0), 0
-            while depth < len(masks) and masks[depth] & bit:
-                depth += 1
-            depths.append(depth)
-        return depths
+            held = alive & self._blocks.get(block, 0)
+            if held != alive:
+                for bit in bits:
+                    if alive & bit and not held & bit:
+                        depth_of[bit] = depth
+                alive = held
+            depth += 1
+        return [depth_of.get(bit, depth) if bit else 0 for bit in bits]
 
     def insert(self, blocks: Sequence[int], worker: Worker) -> None:
         """``worker`` holds these blocks now. The first block is marked most recently used, so
