@@ -4,7 +4,8 @@ A strategy never sees HTTP, workers or engines. It asks a ``Sampler`` to start `
 prompt on a role's pool and reads one merged stream of ``SampleDelta`` events from the returned
 ``SampleBatch``; it cancels one sample or all of them the moment its decision is made. The gateway
 decides placement (one request with ``n=k`` on one worker where possible, so the engine prefills
-the prompt once; separate requests only where a sample must be cancelled alone), counts every
+the prompt once; separate requests, on one worker, where a sample must be cancelled alone:
+``SampleRequest.separate``), counts every
 token of every sample, aborted ones included, and attaches that usage to the response.
 
 This keeps each strategy testable without HTTP: a scripted sampler is all a unit test needs.
@@ -43,6 +44,11 @@ class SampleRequest:
     prompt: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
     sticky_key: str | None = None  # keep every call with this key on the same worker
+    # Each sample its own upstream request (on one worker, which caches the prompt's prefix),
+    # so that cancelling one sample stops its generation at once: for strategies that kill
+    # single traces (deepconf). Otherwise k samples share one request with n=k, and a cancelled
+    # one keeps generating until every sample of its request is cancelled or finished.
+    separate: bool = False
 
 
 @dataclass(frozen=True)

@@ -349,8 +349,9 @@ class PoolSampler:
         body["stream_options"] = {"include_usage": True}
         route = RouteRequest(body, self.ctx.session)  # the same prompt for every part
         parts: list[tuple[Worker | None, int]]
-        if not pool.config.supports_n:
-            parts = [(None, 1)] * k
+        separately = request.separate or not pool.config.supports_n
+        if separately:
+            parts = [(None, 1)] * k  # each on the first one's worker while it has room
         elif sticky is not None:
             parts = [(None, k)]  # the sticky worker's prefix cache matters more
         else:  # the policy's worker when it has room for all k; split if not
@@ -373,12 +374,11 @@ class PoolSampler:
                     workers=self.ctx.workers,  # reported with the request's
                     role=role or "default",
                 )
+                prefer = self._sticky.get(sticky) if sticky else planned
+                if separately and streams and prefer is None:
+                    prefer = streams[0].lease.worker  # its cache holds the prompt now
                 lease, response = await self.upstream.open(
-                    pool,
-                    ctx,
-                    {**body, "n": size},
-                    prefer=self._sticky.get(sticky) if sticky else planned,
-                    route=route,
+                    pool, ctx, {**body, "n": size}, prefer=prefer, route=route
                 )
                 if sticky is not None:
                     self._sticky[sticky] = lease.worker

@@ -4,9 +4,13 @@ all k, split over workers only when it has not (``max_sequences``), never for st
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from gateway.config import EngineKind, PoolConfig, WorkerConfig
+from gateway.pipeline.sampler import BudgetGuard, PoolSampler
+from gateway.upstream.client import RequestContext
+from strategies.sampling import SampleRequest
 from tests.standin import Script, serve_standin
 from tests.standin_fixtures import ENGINE_MODEL, PUBLIC_MODEL, chat_body, serve_gateway
 
@@ -81,3 +85,35 @@ async def test_without_max_sequences_nothing_is_split() -> None:
     ):
         response = await gw.client.post("/v1/chat/completions", json=chat_body(), headers=vote(16))
         assert [p["samples"] for p in response.json()["ttc"]["placement"]] == [16]
+
+
+async def test_separate_samples_go_one_request_each_to_one_worker_and_stop_alone() -> None:
+    """``SampleRequest.separate`` (strategies that kill single traces): k requests with n=1,
+    all on the worker the first one went to, and cancelling one closes its request only."""
+    slow = Script.text("one two three four five six seven eight", token_delay_s=0.05)
+    async with (
+        serve_standin("vllm", slow) as a,
+        serve_standin("vllm", slow) as b,
+        serve_gateway(pool(a.url, b.url, max_sequences=8)) as gw,
+    ):
+        state = gw.app.state.gateway
+        ctx = RequestContext(request_id="sep", endpoint="chat", strategy="deepconf")
+        guard = BudgetGuard(deadline=time.perf_counter() + 30)
+        sampler = PoolSampler(state.pools, state.upstream, ctx, PUBLIC_MODEL, guard)
+        request = SampleRequest(
+            messages=chat_body()["messages"], params={"max_tokens": 8}, separate=True
+        )
+        batch = await sampler.start(request, 3)
+        served, idle = (a, b) if a.engine.requests else (b, a)
+        assert [r.body["n"] for r in served.engine.requests] == [1, 1, 1]
+        assert idle.engine.requests == []
+        tokens = {0: 0, 1: 0, 2: 0}
+        async for delta in batch.events():
+            tokens[delta.sample] += delta.tokens
+            if delta.sample == 1 and tokens[1] == 2:
+                await batch.cancel([1])  # killed after its second token
+        await sampler.close()
+        assert tokens == {0: 8, 1: 2, 2: 8}
+        await served.engine.wait_until(lambda e: e.running == 0, within_s=5)
+        assert (served.engine.finished, served.engine.aborted) == (2, 1)
+        assert sampler.sample_counts() == {"launched": 3, "finished": 2, "aborted": 1, "failed": 0}
