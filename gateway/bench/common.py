@@ -37,7 +37,11 @@ class BenchError(Exception):
 
 @dataclass
 class Service:
-    """A server in a subprocess of its own process group, logging to a file."""
+    """A server in a subprocess of its own process group, logging to a file.
+
+    ``stdin_pipe``: give the child a pipe for standard input, held open until ``stop()``. The
+    llama.cpp worker (``gateway.engines.llamacpp_worker``) exits when its standard input reaches
+    EOF, which ``/dev/null`` does at once."""
 
     name: str
     argv: list[str]
@@ -45,6 +49,7 @@ class Service:
     ready_path: str
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
+    stdin_pipe: bool = False
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -55,7 +60,7 @@ class Service:
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 self.argv,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE if self.stdin_pipe else subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, **self.env},
@@ -105,7 +110,22 @@ class Service:
                 os.killpg(group, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=5)
+        if process.stdin is not None:
+            process.stdin.close()
         self.process = None
+
+
+@dataclass
+class Verdict:
+    """One of an issue's targets, met or not, with the figure that decides it."""
+
+    name: str
+    ok: bool | None  # None: not measured in this run
+    detail: str
+
+    def line(self) -> str:
+        mark = "n/a " if self.ok is None else ("PASS" if self.ok else "FAIL")
+        return f"- {mark} {self.name}: {self.detail}"
 
 
 def _cpu_times() -> tuple[int, int]:

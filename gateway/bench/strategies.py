@@ -54,6 +54,7 @@ from gateway.bench.common import (
     HOST,
     BenchError,
     Service,
+    Verdict,
     command_line,
     cpu_model,
     git_revision,
@@ -496,17 +497,6 @@ def render_table(rows: Sequence[Summary]) -> list[str]:
 
 def _money(value: float | None) -> str:
     return "-" if value is None else ("∞" if value == float("inf") else f"{value:.6f}")
-
-
-@dataclass
-class Verdict:
-    name: str
-    ok: bool | None  # None: not measured in this run
-    detail: str
-
-    def line(self) -> str:
-        mark = "n/a " if self.ok is None else ("PASS" if self.ok else "FAIL")
-        return f"- {mark} {self.name}: {self.detail}"
 
 
 def _at_most(name: str, value: float | None, limit: float) -> Verdict:
