@@ -10,6 +10,7 @@ bench_app = typer.Typer(help="Benchmarks that print measured ratios.", no_args_i
 def _register() -> None:
     from gateway.bench.fanout import fanout
     from gateway.bench.overhead import overhead
+    from gateway.bench.routing import routing
     from gateway.bench.soak import soak
     from gateway.bench.strategies import strategies
 
@@ -17,6 +18,7 @@ def _register() -> None:
     bench_app.command("strategies")(strategies)
     bench_app.command("soak")(soak)
     bench_app.command("fanout")(fanout)
+    bench_app.command("routing")(routing)
 
 
 _register()
