@@ -10,18 +10,19 @@ system prompt opens with one of ``--shared-prefixes`` few-shot blocks (session i
 i mod F), shared by the sessions of its block, then ``--system-words`` words of its own: random
 words from a fixed list, seeded. Every word is at least one token (a byte-level BPE never joins
 two space-separated words), so the session's own part is at least that many tokens; the report
-shows turn 1's measured prompt tokens. Turn t sends the system prompt, the earlier user messages
-with the answers the gateway returned to them, and a new user message; streamed with
-``stream_options.include_usage``, ``max_tokens`` small so that prefill dominates, temperature 0,
-and ``X-TTC-Session: <session>`` on every request (only the ``session`` policy reads it).
+shows its count by the workers' tokenizer and turn 1's prompt tokens. Turn t sends the system
+prompt, the earlier user messages with the answers the gateway returned to them, and a new user
+message; streamed with ``stream_options.include_usage``, ``max_tokens`` small so that prefill
+dominates, temperature 0, ``X-TTC-Session: <session>`` on every request (only the ``session``
+policy reads it).
 
 Every policy has its own gateway (``ttc-gateway serve``: one pool holding every worker,
-``routing.policy`` set, the feature's defaults otherwise), all started up front and pointed at
-the same workers, so each gateway's prefix index lives through the whole run. The policies run
-in ``--rounds`` R rounds; a round runs every policy's block once, in an order rotated by one per
-round. A block's S sessions run concurrently, each session's turns one after another. Every
-(policy, round) block has prompts of its own (seeded by both), so no block finds another's
-prompts in a worker's cache. The machine settles before each block.
+``routing.policy`` set, the other routing settings at their defaults), all started up front
+and pointed at the same workers, so each gateway's prefix index lives through the whole run.
+The policies run in ``--rounds`` R rounds; a round runs every policy's block once, in an order
+rotated by one per round. A block's S sessions run concurrently, each session's turns one after
+another. Every (policy, round) block has prompts of its own (seeded by both), so no block finds
+another's prompts in a worker's cache. The machine settles before each block.
 
 Per policy: the cached share of prompt tokens, Σ ``usage.prompt_tokens_details.cached_tokens`` /
 Σ ``usage.prompt_tokens`` as the engine reported them (the gateway relays them), and beside it
@@ -34,11 +35,11 @@ Hot-prefix phase: one more gateway, ``cache_aware`` with small balance threshold
 ``--hot-rel``). One request puts a long system prompt into one worker's cache; then
 ``--hot-clients`` clients (default: twice the workers' slots) send, for ``--hot-duration``
 seconds, one request after another, each that system prompt with a user message of its own. The
-gateway's ``/ready`` is read every 50 ms for each worker's in-flight count. The policy spills
-only when the worker the cache chose has more than ``idlest + abs`` and more than
-``rel x idlest`` in flight, so a placement leaves the busiest worker at most
-``max(rel x idlest, idlest + abs) + 1``: the bound each sample is checked against (the +1 is the
-request being placed; at low load the abs allowance is what lets busiest exceed rel x idlest).
+gateway's ``/ready`` is read every 50 ms for each worker's in-flight count. The policy passes
+the worker holding the prefix over only when it has more than ``idlest + abs`` and more than
+``rel x idlest`` in flight, then adds the request to the worker it picked; so a placement leaves
+the busiest worker at most ``max(rel x idlest, idlest + abs) + 1``: the bound each sample is
+checked against. At low load the abs allowance is what lets busiest exceed rel x idlest.
 
 Targets (the issue's): cache_aware's cached share ≥ 90% of session's and ≥ 2x least_loaded's;
 its TTFT p50 ≤ 0.6x least_loaded's; no worker serves more than 65% of its requests; with the hot
@@ -82,7 +83,7 @@ from gateway.bench.common import (
     settle,
     version,
 )
-from gateway.config import EngineKind
+from gateway.config import EngineKind, RoutingConfig
 from gateway.engines.adapters import adapter_for
 from gateway.engines.embedded import free_port
 from gateway.engines.llamacpp_worker import command as llamacpp_command
@@ -150,7 +151,7 @@ _WORD_TEXT = """
 WORDS = tuple(_WORD_TEXT.split())
 
 
-# -- the workload --------------------------------------------------------------------------------
+# -- the workload ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Shape:
     """How big the conversations are."""
@@ -179,7 +180,7 @@ class Session:
         return f"{self.shared}\n\nYou are assistant {self.key}. Your notes follow.\n\n{self.notes}"
 
 
-def _rng(*parts: object) -> random.Random:
+def seeded(*parts: object) -> random.Random:
     """A generator seeded by its parts: the same parts give the same text in every run."""
     return random.Random(":".join(str(p) for p in parts))
 
@@ -199,7 +200,7 @@ def prose(rng: random.Random, n_words: int) -> str:
 def shared_prefix(shape: Shape, salt: str, index: int) -> str:
     """Few-shot block ``index`` of a block of sessions: questions and answers, about
     ``shape.shared_words`` words."""
-    rng = _rng(shape.seed, salt, "shared", index)
+    rng = seeded(shape.seed, salt, "shared", index)
     examples: list[str] = []
     words = 0
     while words < shape.shared_words:
@@ -215,7 +216,7 @@ def block_sessions(shape: Shape, policy: str, round_: int) -> list[Session]:
     prefixes = [shared_prefix(shape, salt, i) for i in range(shape.shared_prefixes)]
     sessions = []
     for s in range(shape.sessions):
-        rng = _rng(shape.seed, salt, "session", s)
+        rng = seeded(shape.seed, salt, "session", s)
         notes = prose(rng, shape.system_words)
         turns = tuple(
             f"Question {t + 1}: {prose(rng, shape.user_words)} Answer in one short sentence."
@@ -229,16 +230,16 @@ def block_sessions(shape: Shape, policy: str, round_: int) -> list[Session]:
 def hot_system_prompt(shape: Shape) -> str:
     """The hot-prefix phase's shared system prompt (no main-phase block has it)."""
     return "You are the hot assistant. Your notes follow.\n\n" + prose(
-        _rng(shape.seed, HOT, "system"), shape.system_words
+        seeded(shape.seed, HOT, "system"), shape.system_words
     )
 
 
 def hot_user_message(shape: Shape, client: int, number: int) -> str:
     """A short user message of its own for each of the hot phase's requests."""
-    return f"Request {client}.{number}: {prose(_rng(shape.seed, HOT, client, number), 20)}"
+    return f"Request {client}.{number}: {prose(seeded(shape.seed, HOT, client, number), 20)}"
 
 
-# -- one streamed request ---------------------------------------------------------------------
+# -- one streamed request --------------------------------------------------------------------------
 @dataclass
 class Stream:
     """What one streamed answer said, fed one SSE line at a time (``feed``)."""
@@ -364,7 +365,7 @@ def chat_body(model: str, messages: list[dict[str, str]], max_tokens: int) -> di
     }
 
 
-# -- the main phase -----------------------------------------------------------------------------
+# -- the main phase --------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Target:
     """Where the requests go: a gateway, the model it serves, and its workers."""
@@ -417,7 +418,7 @@ def difference(after: Counter[str], before: Counter[str]) -> Counter[str]:
 
 
 async def routing_decisions(http: aiohttp.ClientSession, gateway_url: str) -> Counter[str]:
-    """The gateway's ``ttc_routing_decisions_total`` by outcome (hit, miss, spill)."""
+    """The gateway's ``ttc_routing_decisions_total`` by outcome (hit, miss, spill, balanced)."""
     async with http.get(gateway_url + "/metrics") as response:
         text = await response.text()
     return counter_by_label(text, "ttc_routing_decisions_total", "outcome")
@@ -522,7 +523,7 @@ async def notes_tokens(
     return counts
 
 
-# -- the hot-prefix phase ------------------------------------------------------------------------
+# -- the hot-prefix phase --------------------------------------------------------------------------
 @dataclass(frozen=True)
 class HotResult:
     """What the hot-prefix phase saw: in-flight samples, answers and routing decisions."""
@@ -627,7 +628,7 @@ async def run_hot(
     )
 
 
-# -- summaries and targets -----------------------------------------------------------------------
+# -- summaries and targets -------------------------------------------------------------------------
 @dataclass(frozen=True)
 class PolicySummary:
     """One policy's row of the report."""
@@ -786,7 +787,7 @@ def hot_verdict(hot: HotResult | None) -> Verdict:
     )
 
 
-# -- the report ---------------------------------------------------------------------------------
+# -- the report ------------------------------------------------------------------------------------
 def _x(value: float | None) -> str:
     return "-" if value is None else ("∞" if value == float("inf") else f"{value:.2f}x")
 
@@ -799,16 +800,23 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value * 1000:,.0f}"
 
 
+def decision_text(decisions: Mapping[str, int]) -> str:
+    """``hit 5, miss 3, spill 1``: the outcomes that occurred, in a fixed order."""
+    order = ("hit", "miss", "spill", "balanced")
+    ranked = sorted(decisions, key=lambda k: (order.index(k) if k in order else len(order), k))
+    return ", ".join(f"{k} {decisions[k]}" for k in ranked if decisions[k]) or "none"
+
+
 def render_table(summaries: Sequence[PolicySummary]) -> list[str]:
     lines = [
         "| policy | requests | errors | cached share (usage) | cached share (engine counters) "
         "| turn-1 prompt tokens | TTFT p50 ms | TTFT p95 ms | e2e p50 ms | requests per worker "
-        "| busiest share | decisions hit/miss/spill |",
+        "| busiest share | routing decisions |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|",
     ]
     for s in summaries:
         workers = ", ".join(f"{w} {n}" for w, n in s.per_worker.items())
-        decisions = "/".join(str(s.decisions.get(k, 0)) for k in ("hit", "miss", "spill"))
+        decisions = decision_text(s.decisions)
         turn1 = "-" if s.turn1_prompt_tokens is None else f"{s.turn1_prompt_tokens:,.0f}"
         lines.append(
             f"| {s.policy} | {s.requests} | {s.errors} | {_pct(s.cached_share)} "
@@ -835,8 +843,7 @@ def render_hot(hot: HotResult, workers: Sequence[str]) -> list[str]:
         + ", ".join(f"{w} {n}" for w, n in counts.items())
         + f"; cached share {_pct(cached)}; TTFT p50 "
         f"{_ms(percentile(ttfts, 50) if ttfts else None)} ms",
-        "- routing decisions: "
-        + ", ".join(f"{k} {hot.decisions.get(k, 0)}" for k in ("hit", "miss", "spill")),
+        "- routing decisions: " + decision_text(hot.decisions),
         f"- /ready samples: {len(hot.samples)}, {len(busy)} with a request in flight; busiest "
         f"worker's in-flight max {max(busiest, default=0)}, median "
         f"{percentile([float(b) for b in busiest], 50) if busiest else 0:g}; samples with a "
@@ -846,7 +853,7 @@ def render_hot(hot: HotResult, workers: Sequence[str]) -> list[str]:
     ]
 
 
-# -- options, processes and the command ----------------------------------------------------------
+# -- options, processes and the command ------------------------------------------------------------
 @dataclass(frozen=True)
 class RoutingOptions:
     shape: Shape
@@ -1062,8 +1069,9 @@ def render(
         "",
         "Versions: " + "; ".join(versions),
         "",
-        f"Setup: {where}; model `{o.model}`; one gateway per policy (the feature's defaults but "
-        f"`routing.policy`), all on the same workers. Workload per (policy, round) block: "
+        f"Setup: {where}; model `{o.model}`; one gateway per policy, all on the same workers, "
+        f"with `routing.policy` set and the rest at its defaults ({routing_defaults()}). "
+        "Workload per (policy, round) block: "
         f"{s.sessions} sessions at once x {s.turns} turns in order; system prompt = one of "
         f"{s.shared_prefixes} shared few-shot blocks (~{s.shared_words} words) + "
         f"{s.system_words} words of its own (≥ {s.system_words} tokens); user turns "
@@ -1106,6 +1114,12 @@ def error_lines(outcomes: Iterable[Outcome]) -> list[str]:
         for phase, errors in by_phase.items()
         for message, count in errors.most_common(5)
     ]
+
+
+def routing_defaults() -> str:
+    """The routing settings the main phase's gateways run with besides ``policy``."""
+    defaults = RoutingConfig().model_dump(exclude={"policy"})
+    return ", ".join(f"{k} {v}" for k, v in defaults.items())
 
 
 def workload_check(
