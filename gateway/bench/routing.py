@@ -163,6 +163,7 @@ class Shape:
     shared_words: int
     user_words: int
     seed: int
+    hot_words: int = 400  # the hot-prefix phase's shared system prompt
 
 
 @dataclass(frozen=True)
@@ -230,7 +231,7 @@ def block_sessions(shape: Shape, policy: str, round_: int) -> list[Session]:
 def hot_system_prompt(shape: Shape) -> str:
     """The hot-prefix phase's shared system prompt (no main-phase block has it)."""
     return "You are the hot assistant. Your notes follow.\n\n" + prose(
-        seeded(shape.seed, HOT, "system"), shape.system_words
+        seeded(shape.seed, HOT, "system"), shape.hot_words
     )
 
 
@@ -376,26 +377,43 @@ class Target:
     engine: str
 
 
+@dataclass(frozen=True)
+class Pace:
+    """How a session's turns are sent: ``max_tokens`` each, and the user's think time between
+    an answer and the next turn (mean ``think_s``; 0: at once, as an agent would)."""
+
+    max_tokens: int
+    think_s: float
+    seed: int
+
+    def think_time(self, session: str, turn: int) -> float:
+        """Seconds to wait before ``turn`` (none before the first): uniform on [0, 2 x mean],
+        seeded, so every run waits alike."""
+        if turn == 0 or self.think_s <= 0:
+            return 0.0
+        return seeded(self.seed, "think", session, turn).uniform(0, 2 * self.think_s)
+
+
 async def run_session(
     http: aiohttp.ClientSession,
     target: Target,
     session: Session,
-    policy: str,
-    round_: int,
-    index: int,
-    max_tokens: int,
+    pace: Pace,
+    where: tuple[str, int, int],
 ) -> list[Outcome]:
-    """One conversation, turn after turn, each answer appended to the next turn's messages. A
-    failed turn ends the conversation (its history would be wrong)."""
+    """One conversation, turn after turn, each answer appended to the next turn's messages.
+    ``where``: (policy, round, session index) for the outcomes. A failed turn ends the
+    conversation (its history would be wrong)."""
     messages = [{"role": "system", "content": session.system}]
     headers = {SESSION_HEADER: session.key, "X-TTC-Strategy": "single"}
     outcomes = []
     for turn, user in enumerate(session.user_turns):
+        await asyncio.sleep(pace.think_time(session.key, turn))  # the user reading, typing
         messages.append({"role": "user", "content": user})
         stream = await stream_chat(
-            http, target.url, chat_body(target.model, messages, max_tokens), headers
+            http, target.url, chat_body(target.model, messages, pace.max_tokens), headers
         )
-        outcomes.append(stream.outcome(policy, round_, index, turn))
+        outcomes.append(stream.outcome(*where, turn))
         if stream.error is not None:
             break
         messages.append({"role": "assistant", "content": stream.content})
@@ -457,7 +475,7 @@ async def run_block(
     run: PolicyRun,
     round_: int,
     shape: Shape,
-    max_tokens: int,
+    pace: Pace,
 ) -> None:
     """One (policy, round) block: S sessions at once; its counters' differences added to
     ``run``."""
@@ -466,7 +484,7 @@ async def run_block(
     sessions = block_sessions(shape, run.policy, round_)
     results = await asyncio.gather(
         *(
-            run_session(http, target, s, run.policy, round_, i, max_tokens)
+            run_session(http, target, s, pace, (run.policy, round_, i))
             for i, s in enumerate(sessions)
         )
     )
@@ -532,6 +550,7 @@ class HotResult:
     rel_threshold: float
     clients: int
     duration_s: float
+    prefix_words: int
     samples: list[dict[str, int]]
     outcomes: list[Outcome]
     decisions: dict[str, int]
@@ -622,6 +641,7 @@ async def run_hot(
         o.hot_rel,
         clients,
         o.hot_duration_s,
+        o.shape.hot_words,
         samples,
         outcomes,
         dict(decisions),
@@ -835,8 +855,10 @@ def render_hot(hot: HotResult, workers: Sequence[str]) -> list[str]:
     busy = hot.busy_samples
     busiest = [b for b, _ in busy]
     return [
-        f"{hot.clients} clients, one request after another, for {hot.duration_s:g} s; "
-        f"cache_aware with balance_abs_threshold {hot.abs_threshold}, balance_rel_threshold "
+        f"{hot.clients} clients, one request after another, for {hot.duration_s:g} s, each "
+        f"request the same system prompt ({hot.prefix_words} words, sent once before the "
+        f"clients start) and a user message of its own (20 words); cache_aware with "
+        f"balance_abs_threshold {hot.abs_threshold}, balance_rel_threshold "
         f"{hot.rel_threshold:g}.",
         "",
         f"- requests {len(hot.outcomes)}, errors {len(hot.outcomes) - len(ok)}; per worker "
@@ -859,11 +881,13 @@ class RoutingOptions:
     shape: Shape
     rounds: int
     max_tokens: int
+    think_s: float
     policies: list[str]
     workers: int
     parallel: int
     context: int
     threads: int
+    cache_ram_mib: int | None
     worker_urls: list[str]
     engine: str
     model: str
@@ -875,6 +899,10 @@ class RoutingOptions:
     @property
     def external(self) -> bool:
         return bool(self.worker_urls)
+
+    @property
+    def pace(self) -> Pace:
+        return Pace(self.max_tokens, self.think_s, self.shape.seed)
 
 
 def gateway_config(
@@ -906,7 +934,12 @@ def _start_workers(o: RoutingOptions, work: Path, stack: contextlib.ExitStack) -
     for i in range(o.workers):
         port = free_port()
         argv = llamacpp_command(
-            sys.executable, port, parallel=o.parallel, context=o.context, threads=o.threads
+            sys.executable,
+            port,
+            parallel=o.parallel,
+            context=o.context,
+            threads=o.threads,
+            cache_ram_mib=o.cache_ram_mib,
         )
         service = Service(f"llama.cpp worker w{i}", argv, port, "/health", work / f"w{i}.log")
         service.stdin_pipe = True
@@ -978,7 +1011,7 @@ async def _measure(
                 await asyncio.to_thread(settle)
                 started = time.perf_counter()
                 before = len(runs[policy].outcomes)
-                await run_block(http, target(policy), runs[policy], r, o.shape, o.max_tokens)
+                await run_block(http, target(policy), runs[policy], r, o.shape, o.pace)
                 done += 1
                 new = runs[policy].outcomes[before:]
                 progress(
@@ -1055,7 +1088,9 @@ def render(
         versions.append(f"xllamacpp {version('xllamacpp')}")
         where = (
             f"{len(workers)} llama.cpp workers started here (SmolLM2-135M-Instruct Q4_1, "
-            f"--parallel {o.parallel}, --context {o.context}, --threads {o.threads} each)"
+            f"--parallel {o.parallel}, --context {o.context}, --threads {o.threads}, "
+            f"--cache-ram-mib {'llama.cpp default' if o.cache_ram_mib is None else o.cache_ram_mib}"
+            " each)"
         )
     s = o.shape
     lines = [
@@ -1075,9 +1110,14 @@ def render(
         f"{s.sessions} sessions at once x {s.turns} turns in order; system prompt = one of "
         f"{s.shared_prefixes} shared few-shot blocks (~{s.shared_words} words) + "
         f"{s.system_words} words of its own (≥ {s.system_words} tokens); user turns "
-        f"{s.user_words} words; max_tokens {o.max_tokens}, temperature 0, streamed; seed "
-        f"{s.seed}. {o.rounds} round(s), policies interleaved (order rotated by one per round), "
-        "every block with prompts of its own.",
+        f"{s.user_words} words; max_tokens {o.max_tokens}, temperature 0, streamed; "
+        + (
+            f"think time between turns uniform 0-{2 * o.think_s:g} s; "
+            if o.think_s
+            else "each turn sent as the previous answer ends; "
+        )
+        + f"seed {s.seed}. {o.rounds} round(s), policies interleaved (order rotated by one per "
+        "round), every block with prompts of its own.",
         "",
         workload_check(o.shape, results.notes_tokens, summaries),
         "",
@@ -1157,11 +1197,17 @@ def routing(
     sessions: Annotated[
         int, typer.Option(min=1, max=256, help="Concurrent sessions per block")
     ] = 4,
-    turns: Annotated[int, typer.Option(min=1, max=64, help="Turns per session")] = 4,
+    turns: Annotated[int, typer.Option(min=1, max=64, help="Turns per session")] = 3,
     rounds: Annotated[
         int, typer.Option(min=1, max=50, help="Rounds; each runs every policy's block once")
     ] = 2,
     max_tokens: Annotated[int, typer.Option(min=1, max=4096, help="max_tokens per turn")] = 16,
+    think: Annotated[
+        float,
+        typer.Option(
+            min=0, help="Mean seconds a session waits between turns (uniform 0 to 2x; 0: none)"
+        ),
+    ] = 0,
     policies: Annotated[str, typer.Option(help="Comma-separated policies to compare")] = ",".join(
         POLICIES
     ),
@@ -1187,6 +1233,14 @@ def routing(
         int, typer.Option(min=512, help="Context per llama.cpp worker, split over its slots")
     ] = 8192,
     threads: Annotated[int, typer.Option(min=1, help="CPU threads per llama.cpp worker")] = 1,
+    cache_ram_mib: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="llama.cpp workers' host-memory prompt cache (MiB; 0: only what the slots "
+            "hold); default: llama.cpp's",
+        ),
+    ] = None,
     worker_url: Annotated[
         list[str] | None,
         typer.Option(help="A running OpenAI-compatible worker (repeat); none: start llama.cpp"),
@@ -1198,6 +1252,9 @@ def routing(
     hot_clients: Annotated[
         int | None, typer.Option(min=1, help="Hot-prefix clients; default 2 x all slots")
     ] = None,
+    hot_words: Annotated[
+        int, typer.Option(min=1, help="Words of the hot phase's shared system prompt")
+    ] = 400,
     hot_duration: Annotated[
         float, typer.Option(min=0, help="Seconds of the hot-prefix phase (0: skip it)")
     ] = 20,
@@ -1219,14 +1276,25 @@ def routing(
     if worker_url and model is None:
         raise typer.BadParameter("--model: name the model the --worker-url workers serve")
     options = RoutingOptions(
-        shape=Shape(sessions, turns, system_words, shared_prefixes, shared_words, user_words, seed),
+        shape=Shape(
+            sessions,
+            turns,
+            system_words,
+            shared_prefixes,
+            shared_words,
+            user_words,
+            seed,
+            hot_words,
+        ),
         rounds=rounds,
         max_tokens=max_tokens,
+        think_s=think,
         policies=_policy_list(policies),
         workers=workers,
         parallel=parallel,
         context=context,
         threads=threads,
+        cache_ram_mib=cache_ram_mib,
         worker_urls=list(worker_url or []),
         engine=engine if worker_url else EngineKind.LLAMACPP.value,
         model=model or LOCAL_MODEL,

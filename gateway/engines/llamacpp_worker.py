@@ -22,12 +22,14 @@ def command(
     context: int = 8192,
     model: str | None = None,
     threads: int | None = None,
+    cache_ram_mib: int | None = None,
 ) -> list[str]:
     """The command line that starts a worker: the one the gateway, the tests' fixtures and
     docker-compose.yml's ``llamacpp`` service all run (a test keeps the last one equal)."""
     args = [python, "-m", "gateway.engines.llamacpp_worker", "--host", host, "--port", str(port)]
     args += ["--parallel", str(parallel), "--context", str(context)]
     args += ["--threads", str(threads)] if threads else []
+    args += ["--cache-ram-mib", str(cache_ram_mib)] if cache_ram_mib is not None else []
     return args + (["--model", model] if model else [])
 
 
@@ -58,6 +60,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--threads", type=int, default=None, help="CPU threads for decoding (default: all cores)"
     )
+    parser.add_argument(
+        "--cache-ram-mib",
+        type=int,
+        default=None,
+        help="host memory for prompts saved from reused slots, restored when they come back "
+        "(llama.cpp's --cache-ram; 0: a prompt is cached only while its slot keeps it; default: "
+        "llama.cpp's)",
+    )
     args = parser.parse_args(argv)
 
     import xllamacpp as xlc
@@ -69,6 +79,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         params.cpuparams.n_threads = args.threads
         params.cpuparams_batch.n_threads = args.threads
+    if args.cache_ram_mib is not None:
+        params.cache_ram_mib = args.cache_ram_mib
     params.port = args.port
     params.hostnames = [args.host]
     params.endpoint_metrics = True

@@ -11,6 +11,7 @@ from gateway.bench.routing import (
     WORDS,
     HotResult,
     Outcome,
+    Pace,
     PolicyRun,
     PolicySummary,
     RoutingOptions,
@@ -33,6 +34,7 @@ from gateway.bench.routing import (
     targets,
 )
 from gateway.config import GatewaySettings
+from gateway.engines.llamacpp_worker import command
 
 SHAPE = Shape(
     sessions=4,
@@ -93,10 +95,19 @@ def test_every_block_has_prompts_no_other_block_has_and_runs_repeat_them() -> No
 def test_the_hot_prefix_is_shared_and_each_request_has_its_own_tail() -> None:
     system = hot_system_prompt(SHAPE)
     assert system == hot_system_prompt(SHAPE)
-    assert len(system.split("follow.\n\n", 1)[1].split()) == 1500
+    assert len(system.split("follow.\n\n", 1)[1].split()) == 400
     tails = {hot_user_message(SHAPE, c, n) for c in range(8) for n in range(5)}
     assert len(tails) == 40
     assert hot_user_message(SHAPE, 3, 2).startswith("Request 3.2: ")
+
+
+def test_think_time_is_seeded_uniform_and_never_before_the_first_turn() -> None:
+    pace = Pace(max_tokens=16, think_s=2.0, seed=0)
+    waits = [pace.think_time(f"s{i}", t) for i in range(50) for t in range(1, 4)]
+    assert all(0 <= w <= 4.0 for w in waits) and 1.5 < sum(waits) / len(waits) < 2.5
+    assert pace.think_time("s0", 0) == 0.0
+    assert waits == [pace.think_time(f"s{i}", t) for i in range(50) for t in range(1, 4)]
+    assert Pace(16, 0.0, 0).think_time("s0", 2) == 0.0
 
 
 def test_rounds_rotate_the_order_of_the_policies() -> None:
@@ -317,7 +328,7 @@ def test_the_spill_bound_is_the_policys_own_rule_plus_the_request_placed() -> No
 
 
 def _hot(samples: list[dict[str, int]]) -> HotResult:
-    return HotResult(2, 1.5, 8, 20.0, samples, [], {"hit": 30, "spill": 4})
+    return HotResult(2, 1.5, 8, 20.0, 400, samples, [], {"hit": 30, "spill": 4})
 
 
 def test_hot_samples_are_judged_against_the_bound() -> None:
@@ -349,11 +360,13 @@ def test_each_gateway_gets_one_pool_of_every_worker_under_its_routing() -> None:
         shape=SHAPE,
         rounds=2,
         max_tokens=16,
+        think_s=0,
         policies=["session", "cache_aware"],
         workers=2,
         parallel=2,
         context=8192,
         threads=1,
+        cache_ram_mib=None,
         worker_urls=[],
         engine="llamacpp",
         model="smollm2",
@@ -372,3 +385,9 @@ def test_each_gateway_gets_one_pool_of_every_worker_under_its_routing() -> None:
     assert pool.engine.value == "llamacpp" and pool.model == "smollm2"
     assert pool.routing.policy == "cache_aware"
     assert (pool.routing.balance_abs_threshold, pool.routing.balance_rel_threshold) == (2, 1.5)
+
+
+def test_the_workers_started_here_can_be_given_a_host_memory_prompt_cache_size() -> None:
+    argv = command("python", 9000, parallel=2, context=8192, threads=1, cache_ram_mib=0)
+    assert argv[argv.index("--cache-ram-mib") + 1] == "0"
+    assert "--cache-ram-mib" not in command("python", 9000)
