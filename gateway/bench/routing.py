@@ -435,11 +435,29 @@ def difference(after: Counter[str], before: Counter[str]) -> Counter[str]:
     return Counter({k: after[k] - before.get(k, 0) for k in after})
 
 
-async def routing_decisions(http: aiohttp.ClientSession, gateway_url: str) -> Counter[str]:
-    """The gateway's ``ttc_routing_decisions_total`` by outcome (hit, miss, spill, balanced)."""
+@dataclass(frozen=True)
+class GatewayCounters:
+    """A gateway's routing decisions by outcome (hit, miss, spill, balanced) and its upstream
+    errors by kind (a ``dropped`` call was sent again, a second routing decision)."""
+
+    decisions: Counter[str]
+    upstream_errors: Counter[str]
+
+    def since(self, before: GatewayCounters) -> GatewayCounters:
+        return GatewayCounters(
+            difference(self.decisions, before.decisions),
+            difference(self.upstream_errors, before.upstream_errors),
+        )
+
+
+async def gateway_counters(http: aiohttp.ClientSession, gateway_url: str) -> GatewayCounters:
+    """``ttc_routing_decisions_total`` and ``ttc_upstream_errors_total`` from ``/metrics``."""
     async with http.get(gateway_url + "/metrics") as response:
         text = await response.text()
-    return counter_by_label(text, "ttc_routing_decisions_total", "outcome")
+    return GatewayCounters(
+        counter_by_label(text, "ttc_routing_decisions_total", "outcome"),
+        counter_by_label(text, "ttc_upstream_errors_total", "kind"),
+    )
 
 
 async def engine_cache_counters(
@@ -465,6 +483,7 @@ class PolicyRun:
     policy: str
     outcomes: list[Outcome] = field(default_factory=list)
     decisions: Counter[str] = field(default_factory=Counter)
+    upstream_errors: Counter[str] = field(default_factory=Counter)
     engine_hits: float | None = 0.0
     engine_queries: float | None = 0.0
 
@@ -479,7 +498,7 @@ async def run_block(
 ) -> None:
     """One (policy, round) block: S sessions at once; its counters' differences added to
     ``run``."""
-    decisions_0 = await routing_decisions(http, target.url)
+    counters_0 = await gateway_counters(http, target.url)
     engine_0 = await engine_cache_counters(http, target)
     sessions = block_sessions(shape, run.policy, round_)
     results = await asyncio.gather(
@@ -490,7 +509,9 @@ async def run_block(
     )
     for outcomes in results:
         run.outcomes.extend(outcomes)
-    run.decisions.update(difference(await routing_decisions(http, target.url), decisions_0))
+    counters = (await gateway_counters(http, target.url)).since(counters_0)
+    run.decisions.update(counters.decisions)
+    run.upstream_errors.update(counters.upstream_errors)
     engine_1 = await engine_cache_counters(http, target)
     if engine_0 is None or engine_1 is None or run.engine_hits is None:
         run.engine_hits = run.engine_queries = None
@@ -554,6 +575,7 @@ class HotResult:
     samples: list[dict[str, int]]
     outcomes: list[Outcome]
     decisions: dict[str, int]
+    upstream_errors: dict[str, int]
 
     @property
     def busy_samples(self) -> list[tuple[int, int]]:
@@ -613,7 +635,7 @@ async def run_hot(
     warm = await stream_chat(http, target.url, body(-1, 0), headers)
     if warm.error is not None:
         raise BenchError(f"hot prefix: the warm-up request failed: {warm.error}")
-    decisions_0 = await routing_decisions(http, target.url)
+    counters_0 = await gateway_counters(http, target.url)
     stop_at = time.monotonic() + o.hot_duration_s
     outcomes: list[Outcome] = []
     samples: list[dict[str, int]] = []
@@ -635,7 +657,7 @@ async def run_hot(
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
 
     await asyncio.gather(sampler(), *(client(c) for c in range(clients)))
-    decisions = difference(await routing_decisions(http, target.url), decisions_0)
+    counters = (await gateway_counters(http, target.url)).since(counters_0)
     return HotResult(
         o.hot_abs,
         o.hot_rel,
@@ -644,7 +666,8 @@ async def run_hot(
         o.shape.hot_words,
         samples,
         outcomes,
-        dict(decisions),
+        dict(counters.decisions),
+        dict(counters.upstream_errors),
     )
 
 
@@ -667,6 +690,7 @@ class PolicySummary:
     max_worker_share: float | None
     turn1_prompt_tokens: float | None
     decisions: dict[str, int]
+    upstream_errors: dict[str, int]
 
 
 def per_worker(outcomes: Iterable[Outcome], workers: Iterable[str]) -> dict[str, int]:
@@ -712,6 +736,7 @@ def summarize(run: PolicyRun, workers: Sequence[str]) -> PolicySummary:
         max_worker_share=share(max(counts.values(), default=0), sum(counts.values())),
         turn1_prompt_tokens=sum(first_turns) / len(first_turns) if first_turns else None,
         decisions=dict(run.decisions),
+        upstream_errors=dict(run.upstream_errors),
     )
 
 
@@ -1139,8 +1164,28 @@ def render(
     errors = error_lines(everything + (hot.outcomes if hot is not None else []))
     if errors:
         lines += ["", "Failed requests:", "", *errors]
+    upstream = {s.policy: s.upstream_errors for s in summaries}
+    if hot is not None:
+        upstream[HOT] = hot.upstream_errors
+    if any(any(kinds.values()) for kinds in upstream.values()):
+        lines += [
+            "",
+            "Upstream errors the gateways counted (ttc_upstream_errors_total by kind; a "
+            "`dropped` call is sent again, so it is routed twice):",
+            "",
+            *upstream_error_lines(upstream),
+        ]
     lines += ["", "Targets:", "", *(v.line() for v in verdicts)]
     return "\n".join(lines)
+
+
+def upstream_error_lines(by_phase: Mapping[str, Mapping[str, int]]) -> list[str]:
+    """The upstream errors each phase's gateway counted, where there were any."""
+    return [
+        f"- {phase}: " + ", ".join(f"{kind} {n}" for kind, n in sorted(kinds.items()) if n)
+        for phase, kinds in by_phase.items()
+        if any(kinds.values())
+    ]
 
 
 def error_lines(outcomes: Iterable[Outcome]) -> list[str]:

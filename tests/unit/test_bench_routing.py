@@ -3,12 +3,17 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
 from gateway.bench.routing import (
     WORDS,
+    GatewayCounters,
     HotResult,
     Outcome,
     Pace,
@@ -32,6 +37,7 @@ from gateway.bench.routing import (
     spill_bound,
     summarize,
     targets,
+    upstream_error_lines,
 )
 from gateway.config import GatewaySettings
 from gateway.engines.llamacpp_worker import command
@@ -182,6 +188,10 @@ ttc_routing_decisions_total{outcome="hit",policy="cache_aware",pool="bench"} 7.0
 ttc_routing_decisions_total{outcome="miss",policy="cache_aware",pool="bench"} 4.0
 ttc_routing_decisions_total{outcome="spill",policy="cache_aware",pool="bench"} 1.0
 ttc_routing_decisions_total{outcome="hit",policy="cache_aware",pool="other"} 2.0
+# HELP ttc_upstream_errors_total Upstream errors
+# TYPE ttc_upstream_errors_total counter
+ttc_upstream_errors_total{kind="dropped",pool="bench",worker="w0"} 1.0
+ttc_upstream_errors_total{kind="dropped",pool="bench",worker="w1"} 2.0
 # HELP ttc_routing_decisions_created Routing decisions
 # TYPE ttc_routing_decisions_created gauge
 ttc_routing_decisions_created{outcome="hit",policy="cache_aware",pool="bench"} 1.7e9
@@ -193,6 +203,10 @@ def test_routing_decisions_are_summed_by_outcome_and_differenced() -> None:
     assert after == Counter({"hit": 9, "miss": 4, "spill": 1})
     before = Counter({"hit": 2, "miss": 4})
     assert difference(after, before) == {"hit": 7, "miss": 0, "spill": 1}
+    dropped = counter_by_label(METRICS, "ttc_upstream_errors_total", "kind")
+    assert dropped == {"dropped": 3}
+    later = GatewayCounters(after, Counter({"dropped": 5})).since(GatewayCounters(before, dropped))
+    assert later == GatewayCounters(Counter(hit=7, miss=0, spill=1), Counter(dropped=2))
     assert decision_text(difference(after, before)) == "hit 7, spill 1"
     assert decision_text({"balanced": 12, "miss": 0}) == "balanced 12"
     assert decision_text({}) == "none"
@@ -221,6 +235,7 @@ def test_a_policy_summary_adds_tokens_takes_percentiles_and_counts_workers() -> 
         _outcome(2, None, 0, 0, 0.0, 0.1, error="HTTP 502: bad gateway"),
     ]
     run.decisions = Counter({"hit": 3, "miss": 2})
+    run.upstream_errors = Counter({"dropped": 1})
     run.engine_hits, run.engine_queries = 6400.0, 10700.0
     s = summarize(run, ["w0", "w1", "w2"])
     assert (s.requests, s.errors) == (6, 1)
@@ -232,7 +247,7 @@ def test_a_policy_summary_adds_tokens_takes_percentiles_and_counts_workers() -> 
     assert s.per_worker == {"w0": 3, "w1": 2, "w2": 0}
     assert s.max_worker_share == pytest.approx(0.6)
     assert s.turn1_prompt_tokens == 2050
-    assert s.decisions == {"hit": 3, "miss": 2}
+    assert s.decisions == {"hit": 3, "miss": 2} and s.upstream_errors == {"dropped": 1}
 
 
 def test_engine_counters_missing_on_a_worker_leave_that_share_unknown() -> None:
@@ -241,6 +256,13 @@ def test_engine_counters_missing_on_a_worker_leave_that_share_unknown() -> None:
     s = summarize(run, ["w0", "w1"])
     assert s.engine_cached_share is None
     assert s.per_worker == {"w0": 0, "w1": 0, "?": 1}  # no X-TTC-Worker: counted apart
+
+
+def test_upstream_errors_are_listed_where_a_gateway_counted_some() -> None:
+    lines = upstream_error_lines(
+        {"least_loaded": {"dropped": 0}, "cache_aware": {"timeout": 1, "dropped": 2}, "hot": {}}
+    )
+    assert lines == ["- cache_aware: dropped 2, timeout 1"]
 
 
 def test_failed_requests_are_listed_by_phase_and_message() -> None:
@@ -275,6 +297,7 @@ def _summary(
         max_worker_share=busiest,
         turn1_prompt_tokens=2000.0,
         decisions={},
+        upstream_errors={},
     )
 
 
@@ -328,7 +351,7 @@ def test_the_spill_bound_is_the_policys_own_rule_plus_the_request_placed() -> No
 
 
 def _hot(samples: list[dict[str, int]]) -> HotResult:
-    return HotResult(2, 1.5, 8, 20.0, 400, samples, [], {"hit": 30, "spill": 4})
+    return HotResult(2, 1.5, 8, 20.0, 400, samples, [], {"hit": 30, "spill": 4}, {})
 
 
 def test_hot_samples_are_judged_against_the_bound() -> None:
@@ -391,3 +414,36 @@ def test_the_workers_started_here_can_be_given_a_host_memory_prompt_cache_size()
     argv = command("python", 9000, parallel=2, context=8192, threads=1, cache_ram_mib=0)
     assert argv[argv.index("--cache-ram-mib") + 1] == "0"
     assert "--cache-ram-mib" not in command("python", 9000)
+
+
+@pytest.mark.llamacpp
+def test_a_short_routing_run_reports_every_policy_on_real_workers(tmp_path: Path) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "gateway", "bench", "routing", "--sessions", "2", "--turns", "2",
+         "--rounds", "1", "--system-words", "60", "--shared-words", "10", "--user-words", "5",
+         "--max-tokens", "4", "--hot-words", "60", "--hot-duration", "2", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr[-3000:]
+    rows = {
+        line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:-1]]
+        for line in run.stdout.splitlines()
+        if line.startswith("| ") and not line.startswith("| policy")
+    }
+    assert list(rows) == ["least_loaded", "round_robin", "session", "cache_aware"]
+    for policy, cells in rows.items():
+        requests, errors, per_worker = cells[0], cells[1], cells[8]
+        assert (requests, errors) == ("4", "0"), policy
+        counts = dict(part.split() for part in per_worker.split(", "))
+        assert set(counts) == {"w0", "w1"} and sum(map(int, counts.values())) == 4, policy
+    # two first turns at once go to the two idle workers; each second turn finds its prefix
+    assert rows["cache_aware"][10] == "hit 2, miss 2"
+    assert rows["cache_aware"][8] == "w0 2, w1 2"
+    assert rows["session"][10] == "hit 4" and rows["least_loaded"][10] == "balanced 4"
+    cached_share = float(rows["cache_aware"][2].rstrip("%"))
+    assert cached_share > 30 and rows["cache_aware"][3] == rows["cache_aware"][2]
+    targets = run.stdout.split("Targets:\n\n", 1)[1].splitlines()
+    assert len(targets) == 5 and all(t.split()[1] in ("PASS", "FAIL") for t in targets)
+    saved = json.loads((tmp_path / "routing.json").read_text())
+    assert len(saved["outcomes"]) == 16 and saved["hot"]["samples"]
+    assert (tmp_path / "routing.md").read_text().strip() == run.stdout.strip()
