@@ -896,7 +896,8 @@ def render_hot(hot: HotResult, workers: Sequence[str]) -> list[str]:
         f"{percentile([float(b) for b in busiest], 50) if busiest else 0:g}; samples with a "
         f"worker idle while another was busy: {hot.idle_worker_samples}",
         f"- largest busiest/idlest (samples with idlest ≥ 1): {_x(hot.max_ratio)}; samples past "
-        f"max(rel x idlest, idlest + abs) + 1: {len(hot.over_bound)}",
+        f"max(rel x idlest, idlest + abs) + 1: {len(hot.over_bound)}; past rel x idlest + abs: "
+        f"{sum(1 for b, i in busy if b > hot.rel_threshold * i + hot.abs_threshold)}",
     ]
 
 

@@ -32,6 +32,7 @@ from gateway.bench.routing import (
     hot_user_message,
     prose,
     ratio,
+    render_hot,
     rotated,
     seeded,
     spill_bound,
@@ -447,3 +448,22 @@ def test_a_short_routing_run_reports_every_policy_on_real_workers(tmp_path: Path
     saved = json.loads((tmp_path / "routing.json").read_text())
     assert len(saved["outcomes"]) == 16 and saved["hot"]["samples"]
     assert (tmp_path / "routing.md").read_text().strip() == run.stdout.strip()
+
+
+def test_the_hot_phase_report_counts_samples_against_both_bounds() -> None:
+    outcomes = [
+        Outcome("hot", 0, c, 0, f"w{c % 2}", 500, 480, 0.5 + c, 2.0, None) for c in range(4)
+    ]
+    hot = HotResult(
+        2, 1.5, 8, 20.0, 400, [{"w0": 3, "w1": 0}, {"w0": 6, "w1": 3}], outcomes, {"hit": 4}, {}
+    )
+    lines = render_hot(hot, ["w0", "w1"])
+    assert lines[2] == (
+        "- requests 4, errors 0; per worker w0 2, w1 2; cached share 96.0%; TTFT p50 1,500 ms"
+    )
+    assert lines[3] == "- routing decisions: hit 4"
+    # (3, 0): within max(0, 2) + 1 = 3, past 1.5 x 0 + 2; (6, 3): within 6, within 6.5
+    assert lines[5].endswith(
+        "largest busiest/idlest (samples with idlest ≥ 1): 2.00x; samples past "
+        "max(rel x idlest, idlest + abs) + 1: 0; past rel x idlest + abs: 1"
+    )
