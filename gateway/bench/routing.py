@@ -749,12 +749,14 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
     return numerator / denominator
 
 
-def _check(name: str, value: float | None, limit: float, at_least: bool, why: str) -> Verdict:
+def _check(name: str, value: float | None, limit: float, at_least: bool, measured: bool) -> Verdict:
+    """``value`` against ``limit``: n/a when a policy it needs did not run, a failure when the
+    ratio is undefined (0/0)."""
     sign = "≥" if at_least else "≤"
+    if not measured:
+        return Verdict(name, None, f"not measured in this run; target {sign} {limit:g}")
     if value is None:
-        return Verdict(
-            name, None if why else False, f"{why or 'undefined (0/0)'}; target {sign} {limit:g}"
-        )
+        return Verdict(name, False, f"undefined (0/0); target {sign} {limit:g}")
     ok = value >= limit if at_least else value <= limit
     return Verdict(name, ok, f"{value:.2f} (target {sign} {limit:g})")
 
@@ -764,7 +766,6 @@ def targets(
 ) -> tuple[list[str], list[Verdict]]:
     """The ratios under the table and the issue's targets, from the policies measured."""
     cache, sess, least = (summaries.get(p) for p in ("cache_aware", "session", "least_loaded"))
-    missing = "not measured in this run"
 
     def figure(s: PolicySummary | None, attribute: str) -> float | None:
         return None if s is None else getattr(s, attribute)
@@ -777,27 +778,24 @@ def targets(
         f"- cached share, cache_aware / least_loaded: {_x(vs_least)}",
         f"- TTFT p50, cache_aware / least_loaded: {_x(ttft)}",
     ]
+    both_session, both_least = bool(cache and sess), bool(cache and least)
     verdicts = [
         _check(
             "cache_aware cached share vs session's",
             vs_session,
             TARGET_CACHE_VS_SESSION,
             True,
-            "" if cache and sess else missing,
+            both_session,
         ),
         _check(
             "cache_aware cached share vs least_loaded's",
             vs_least,
             TARGET_CACHE_VS_LEAST,
             True,
-            "" if cache and least else missing,
+            both_least,
         ),
         _check(
-            "cache_aware TTFT p50 vs least_loaded's",
-            ttft,
-            TARGET_TTFT_VS_LEAST,
-            False,
-            "" if cache and least else missing,
+            "cache_aware TTFT p50 vs least_loaded's", ttft, TARGET_TTFT_VS_LEAST, False, both_least
         ),
     ]
     spread = figure(cache, "max_worker_share")
@@ -805,7 +803,7 @@ def targets(
         Verdict(
             "cache_aware: no worker serves more than 65% of the requests",
             None if spread is None else spread <= TARGET_MAX_WORKER_SHARE,
-            missing
+            "not measured in this run"
             if spread is None
             else f"busiest worker {spread:.0%} (target ≤ {TARGET_MAX_WORKER_SHARE:.0%})",
         )
