@@ -162,6 +162,7 @@ class FinishedSamples:
         self.batch = batch
         self.book = SampleBook(k)
         self.truncated = False
+        self.budget: BudgetName | None = None  # the budget that ran out, if one did
         self._events = batch.events()
 
     def __aiter__(self) -> FinishedSamples:
@@ -173,8 +174,9 @@ class FinishedSamples:
                 sample = self.book.record(delta)
                 if sample is not None:
                     return sample
-        except BudgetExhausted:
+        except BudgetExhausted as exc:
             self.truncated = True
+            self.budget = exc.reason
         raise StopAsyncIteration
 
     async def stop(self) -> None:

@@ -4,9 +4,11 @@ Placement: the k samples of a batch go to ONE worker as one streaming request wi
 engine prefills the prompt once and shares its KV blocks among the samples), split over several
 workers only when load requires it: the workers declare ``max_sequences`` and the one with the
 most free sequences cannot take all k (``WorkerPool.plan``); one request per sample only when
-the pool's engine ignores ``n`` (``supports_n: false``). Each
+the pool's engine ignores ``n`` (``supports_n: false``) or the strategy must be able to stop
+one sample's generation alone (``SampleRequest.separate``: DeepConf kills single traces). Each
 upstream stream is read by its own task into one queue, so a strategy sees a single
-merged stream of per-sample deltas.
+merged stream of per-sample deltas. With a ``sticky_key`` every request of the batch goes to
+the key's worker (its prefix cache holds the prompt).
 
 Sticky placement: calls whose ``SampleRequest.sticky_key`` matches go to the worker of that pool
 the key first reached, while it is healthy and has room, so each step of a step-wise strategy
