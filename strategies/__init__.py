@@ -7,6 +7,7 @@ never import the HTTP layer.
 from __future__ import annotations
 
 from strategies import (
+    adaptive_consistency,
     best_of_n,
     cascade,
     first_finish,
@@ -36,6 +37,7 @@ REGISTRY: dict[str, StrategySpec] = {
         best_of_n.SPEC,
         cascade.SPEC,
         spec_reason.SPEC,
+        adaptive_consistency.SPEC,
     )
 }
 

@@ -164,4 +164,5 @@ async def test_openapi_schema_documents_the_request_bodies() -> None:
         "best_of_n",
         "cascade",
         "spec_reason",
+        "adaptive_consistency",
     ]

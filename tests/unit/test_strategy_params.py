@@ -74,6 +74,7 @@ def test_bad_parameter_is_named(given: dict[str, object], param: str) -> None:
 def test_registry() -> None:
     assert get_strategy("single").name == "single"
     with pytest.raises(
-        UnknownStrategy, match="known strategies: best_of_n, cascade, first_finish, majority_vote"
+        UnknownStrategy,
+        match="known strategies: adaptive_consistency, best_of_n, cascade, first_finish",
     ):
         get_strategy("nope")
