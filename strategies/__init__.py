@@ -10,6 +10,7 @@ from strategies import (
     adaptive_consistency,
     best_of_n,
     cascade,
+    deepconf,
     first_finish,
     majority_vote,
     short_m_at_k,
@@ -38,6 +39,7 @@ REGISTRY: dict[str, StrategySpec] = {
         cascade.SPEC,
         spec_reason.SPEC,
         adaptive_consistency.SPEC,
+        deepconf.SPEC,
     )
 }
 

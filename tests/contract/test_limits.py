@@ -165,4 +165,5 @@ async def test_openapi_schema_documents_the_request_bodies() -> None:
         "cascade",
         "spec_reason",
         "adaptive_consistency",
+        "deepconf",
     ]

@@ -75,6 +75,6 @@ def test_registry() -> None:
     assert get_strategy("single").name == "single"
     with pytest.raises(
         UnknownStrategy,
-        match="known strategies: adaptive_consistency, best_of_n, cascade, first_finish",
+        match="known strategies: adaptive_consistency, best_of_n, cascade, deepconf, first_finish",
     ):
         get_strategy("nope")
