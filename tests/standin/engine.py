@@ -135,6 +135,7 @@ class StandinEngine:
         self.aborted = 0
         self.abort_requests: list[str] = []
         self.counters = EngineCounters()
+        self.drawn = 0  # choices handed out so far, for a script that ``draw``s
 
     @property
     def bodies(self) -> list[Any]:
@@ -231,6 +232,7 @@ class StandinEngine:
     async def _set_script(self, receive: Receive, send: Send) -> None:
         try:
             self.script = Script.from_json(orjson.loads(await _read_body(receive)))
+            self.drawn = 0
         except (ValueError, TypeError) as exc:
             await _send_json(send, 400, {"error": str(exc)})
             return
@@ -384,10 +386,14 @@ class StandinEngine:
         stops = body.get("stop") or []
         if isinstance(stops, str):
             stops = [stops]
+        n = int(body.get("n", 1))
+        first = self.drawn if script.draw else 0
         samples = [
-            _plan_sample(i, script.sample(i), prompt_words, max_tokens, stops)
-            for i in range(int(body.get("n", 1)))
+            _plan_sample(i, script.sample(first + i), prompt_words, max_tokens, stops)
+            for i in range(n)
         ]
+        if script.draw:
+            self.drawn += n
         return _Plan(
             endpoint=endpoint,
             id=self.flavor.completion_id(endpoint, rid),

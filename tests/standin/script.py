@@ -47,7 +47,10 @@ class SampleScript:
 class Script:
     """How the stand-in answers every request until the script is changed.
 
-    ``samples[i]`` scripts choice ``i``; choices beyond the list reuse the last entry.
+    ``samples[i]`` scripts choice ``i``; choices beyond the list reuse the last entry. With
+    ``draw``, each generation request takes the next choices instead: its choice ``i`` plays
+    ``samples[drawn + i]``, ``drawn`` counting the choices of the requests before it (for
+    strategies that sample in waves of requests).
     Failure modes, checked in this order: ``status`` (an HTTP error in the engine's error
     shape, message ``error_message``), ``hang`` (never answer; only a disconnect ends it),
     ``malformed`` (invalid JSON, or a broken SSE event after the first chunks),
@@ -57,6 +60,7 @@ class Script:
     """
 
     samples: list[SampleScript] = field(default_factory=list)
+    draw: bool = False
     status: int | None = None
     error_message: str = "scripted failure"
     hang: bool = False
