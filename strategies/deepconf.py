@@ -276,7 +276,12 @@ class DeepConf:
         await batch.cancel()
 
     def set_threshold(self, traces: Iterable[Trace]) -> None:
-        scores = [s for t in traces if (s := t.group.score) is not None]
+        """The (100 - eta)th percentile of the traces' scores (a failed trace has none)."""
+        scores = [
+            score
+            for t in traces
+            if t.sample.finish_reason != "error" and (score := t.group.score) is not None
+        ]
         self.threshold = percentile(scores, 100 - self.eta) if scores else None
 
     def outcome(self, stopped: str, truncated: bool) -> StrategyOutcome:

@@ -175,6 +175,15 @@ async def test_a_trace_shorter_than_its_window_finishes_but_does_not_vote_below_
     assert (report["killed"], report["stopped"], report["weights"]) == (0, "k", {"7": 3, "5": 2})
 
 
+async def test_a_failed_warmup_trace_has_no_say_in_the_threshold() -> None:
+    failed = Scripted("the answer is 2", finish="error", tops=tops(0.5))
+    script = [trace("the answer is 2", 1.0), trace("the answer is 2", 3.0), failed]
+    outcome, _, _ = await run(script, k=3, warmup=3, window=2, eta=50)
+    # the 50th percentile of 1 and 3 (with the failed trace's 0.5 it would be 1)
+    assert outcome.report["threshold"] == 2.0
+    assert outcome.report["weights"] == {"2": 3.0}
+
+
 async def test_offline_runs_all_k_then_filters_and_weights() -> None:
     script = [
         trace("the answer is 7", 1.0),
