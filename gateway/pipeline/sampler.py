@@ -8,7 +8,8 @@ the pool's engine ignores ``n`` (``supports_n: false``) or the strategy must be 
 one sample's generation alone (``SampleRequest.separate``: DeepConf kills single traces). Each
 upstream stream is read by its own task into one queue, so a strategy sees a single
 merged stream of per-sample deltas. With a ``sticky_key`` every request of the batch goes to
-the key's worker (its prefix cache holds the prompt).
+the key's worker (its prefix cache holds the prompt), in requests of at most the workers'
+``max_sequences`` samples (llama.cpp refuses an ``n`` above its slots).
 
 Sticky placement: calls whose ``SampleRequest.sticky_key`` matches go to the worker of that pool
 the key first reached, while it is healthy and has room, so each step of a step-wise strategy
@@ -24,6 +25,7 @@ every chunk; when one runs out every stream is aborted and ``BudgetExhausted`` i
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections import deque
 from collections.abc import AsyncGenerator, Iterable
@@ -354,8 +356,9 @@ class PoolSampler:
         separately = request.separate or not pool.config.supports_n
         if separately:
             parts = [(None, 1)] * k  # each on the first one's worker while it has room
-        elif sticky is not None:
-            parts = [(None, k)]  # the sticky worker's prefix cache matters more
+        elif sticky is not None:  # the sticky worker's prefix cache matters more
+            cap = _samples_per_request(pool)
+            parts = [(None, min(cap, k - done)) for done in range(0, k, cap)]
         else:  # the policy's worker when it has room for all k; split if not
             parts = pool.plan(k, route)
         streams: list[_Stream] = []
@@ -470,6 +473,16 @@ class PoolSampler:
             for stream in batch.streams:
                 tokens += [stream.tally.choice(i).tokens for i in range(stream.count)]
         return tokens
+
+
+def _samples_per_request(pool: WorkerPool) -> int:
+    """The most samples one request to any worker of the pool may carry: the smallest
+    ``max_sequences`` its workers declare (llama.cpp answers 400 to an ``n`` above its
+    ``--parallel``); unbounded when a worker declares none."""
+    declared = [w.config.max_sequences for w in pool.workers]
+    if not declared or any(cap is None for cap in declared):
+        return sys.maxsize
+    return min(cap for cap in declared if cap is not None)
 
 
 _new_object = object.__new__

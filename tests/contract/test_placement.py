@@ -1,5 +1,6 @@
 """Where a request's k samples go: one request with ``n=k`` on one worker while it has room for
-all k, split over workers only when it has not (``max_sequences``), never for sticky steps."""
+all k, split over workers only when it has not (``max_sequences``), never for sticky steps
+(which are split into requests of at most ``max_sequences`` on their worker)."""
 
 from __future__ import annotations
 
@@ -117,3 +118,22 @@ async def test_separate_samples_go_one_request_each_to_one_worker_and_stop_alone
         await served.engine.wait_until(lambda e: e.running == 0, within_s=5)
         assert (served.engine.finished, served.engine.aborted) == (2, 1)
         assert sampler.sample_counts() == {"launched": 3, "finished": 2, "aborted": 1, "failed": 0}
+
+
+async def test_a_sticky_batch_stays_on_its_worker_in_requests_it_can_take() -> None:
+    """llama.cpp answers 400 to an ``n`` above its slots: a sticky batch larger than the
+    workers' ``max_sequences`` goes to the sticky worker as several requests."""
+    async with (
+        serve_standin("vllm", Script.text("the answer is 7")) as a,
+        serve_standin("vllm", Script.text("the answer is 7")) as b,
+        serve_gateway(pool(a.url, b.url, max_sequences=2)) as gw,
+    ):
+        response = await gw.client.post(
+            "/v1/chat/completions",
+            json=chat_body(),
+            headers={"X-TTC-Strategy": "adaptive_consistency", "X-TTC-Wave": "5"},
+        )
+        placement = response.json()["ttc"]["placement"]
+        assert [p["samples"] for p in placement] == [2, 2, 1]
+        assert len({p["worker"] for p in placement}) == 1
+        assert sorted(len(s.engine.requests) for s in (a, b)) == [0, 3]
