@@ -182,6 +182,7 @@ async def run(task: StrategyTask) -> StrategyOutcome:
             "waves": waves,
             "launched": len(samples),
             "finished": len(finished),
+            "cancelled": len(samples) - len(finished),  # by the stop or a budget
             "agreement": round(tally.agreement(), 4),
             "voters": tally.valid,
             "checks": checks,

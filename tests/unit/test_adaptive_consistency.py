@@ -163,6 +163,7 @@ async def test_beta_rule_goes_on_at_3_1_and_stops_mid_wave_at_6_1() -> None:
     assert (outcome.answer, outcome.votes, outcome.winner) == ("7", {"7": 6, "5": 1}, 0)
     last = sampler.batches[-1]
     assert last.cancelled == {0, 1} and last.tokens == [4, 1]  # the slow one was cut at once
+    assert report["cancelled"] == 1
 
 
 async def test_beta_rule_runs_to_k_when_no_answer_leads_enough() -> None:
