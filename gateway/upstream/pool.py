@@ -268,8 +268,10 @@ class WorkerPool:
         """Where ``samples`` samples of one prompt go: all on the worker the routing policy
         picks (one request with ``n``, one prefill, its cached prefix) while it has free
         sequences for them all; else split over the workers with free sequences, the policy's
-        pick first, in as few parts as possible. Without ``max_sequences`` on every worker
-        there is no room to go by: one part, no worker named (``lease`` asks the policy)."""
+        pick first, in as few parts as possible; what no worker has room for queues on the
+        policy's pick, in requests of at most its ``max_sequences``. Without
+        ``max_sequences`` on every worker there is no room to go by: one part, no worker named
+        (``lease`` asks the policy)."""
         _, candidates = self._candidates()
         if not candidates or any(w.config.max_sequences is None for w in candidates):
             return [(None, samples)]
@@ -293,11 +295,13 @@ class WorkerPool:
                 take = min(free(worker), left)
                 parts.append((worker, take))
                 left -= take
-        if not parts:
-            return [(home, samples)]  # every worker is full: queue on the policy's pick
-        if left:  # more samples than free sequences anywhere: the rest queue on the first
-            first, size = parts[0]
-            parts[0] = (first, size + left)
+        # More samples than free sequences anywhere: the rest queue on the policy's worker, in
+        # requests no larger than its sequences (llama.cpp refuses an `n` above its slots).
+        cap = home.config.max_sequences or left
+        while left:
+            take = min(cap, left)
+            parts.append((home, take))
+            left -= take
         return parts
 
     def lease(

@@ -235,6 +235,16 @@ def test_k_samples_go_to_the_holder_when_it_has_room_else_split_holder_first() -
     assert parts == [(holder.worker, 3), (other, 3)]
 
 
+def test_samples_no_worker_has_room_for_queue_in_requests_the_engine_accepts() -> None:
+    """llama.cpp answers 400 to an ``n`` above its slots: k=16 on 8-slot workers that are
+    full is two requests of 8, not one of 16."""
+    pool = pool_of(1, max_sequences=8)
+    (worker,) = pool.workers
+    assert pool.plan(16, chat("Solve")) == [(worker, 8), (worker, 8)]
+    worker.sequences = 5
+    assert pool.plan(12, chat("Solve")) == [(worker, 3), (worker, 8), (worker, 1)]
+
+
 @pytest.mark.parametrize("policy", ["least_loaded", "round_robin", "session", "cache_aware"])
 def test_every_policy_skips_a_full_worker(policy: str) -> None:
     pool = pool_of(2, policy, max_in_flight=1)
