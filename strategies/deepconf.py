@@ -17,7 +17,7 @@ Online (the paper's Algorithm 2)::
     s = percentile([score(t) for t in warm], 100 - eta)   # eta 10: DeepConf-low, 90: -high
     V = {}                                            # answer -> summed score of its voters
     for t in warm: if score(t) >= s: V[answer(t)] += score(t)
-    while max(V) / sum(V) < consensus and launched < k:
+    while launched < k:                               # at least one wave after the warm-up
         for t in sample(prompt, min(wave, k - launched)):  # one request per trace, same worker
             at every token: if the window is full and its group confidence < s:
                 abort t                               # at once: it does not vote
@@ -362,11 +362,14 @@ async def _online(run: DeepConf, p: dict[str, Any]) -> str:
         return "no_logprobs"
     for trace in run.finished:
         run.vote(trace)
-    while not run.settled():
-        if run.launched >= p["k"]:
-            return "k"
+    # Consensus is checked as traces finish after the warm-up (the paper's Algorithm 2), not
+    # on the warm-up alone: with eta 10 about one warm-up trace in ten votes, and one voter is
+    # always unanimous.
+    while run.launched < p["k"]:
         await run.sample("online", min(p["wave"], p["k"] - run.launched), separate=True)
-    return "consensus"
+        if run.settled():
+            return "consensus"
+    return "k"
 
 
 def _check(params: dict[str, Any]) -> None:

@@ -12,6 +12,7 @@ def _register() -> None:
     from gateway.bench.overhead import overhead
     from gateway.bench.routing import routing
     from gateway.bench.soak import soak
+    from gateway.bench.stopping import stopping
     from gateway.bench.strategies import strategies
 
     bench_app.command("overhead")(overhead)
@@ -19,6 +20,7 @@ def _register() -> None:
     bench_app.command("soak")(soak)
     bench_app.command("fanout")(fanout)
     bench_app.command("routing")(routing)
+    bench_app.command("stopping")(stopping)
 
 
 _register()

@@ -161,7 +161,18 @@ async def test_threshold_is_the_100_minus_eta_percentile_of_the_warmup_minima(
     # DeepConf-low keeps the top 10% (one trace of five), DeepConf-high the top 90%
     assert voted == ([5.0] if eta == 10 else [3.0, 5.0, 2.0, 4.0])
     assert outcome.answer == answer  # high: 1 has 3 + 2 + 4 = 9 against 2's 5
-    assert report["stopped"] == ("consensus" if eta == 10 else "k")
+    # the warm-up used all k; consensus is checked only as later traces finish
+    assert report["stopped"] == "k"
+
+
+async def test_a_unanimous_warmup_still_launches_a_wave_before_consensus_can_stop_it() -> None:
+    """With eta 10 about one warm-up trace in ten votes, and one voter is unanimous: the
+    paper checks consensus as traces finish after the warm-up, so one wave always runs."""
+    script = [trace(f"the answer is {1 if c < 5 else 2}", c) for c in (3.0, 1.0, 5.0, 2.0, 4.0)]
+    script += [trace("the answer is 2", 6.0), trace("the answer is 2", 6.0)]
+    outcome, sampler, _ = await run(script, k=7, warmup=5, wave=2, window=2, eta=10)
+    assert len(sampler.batches) == 2 and sampler.batches[1].k == 2
+    assert outcome.report["stopped"] == "consensus" and outcome.answer == "2"
 
 
 async def test_a_trace_shorter_than_its_window_finishes_but_does_not_vote_below_the_bar() -> None:
