@@ -683,6 +683,17 @@ class Sampling:
     m: int
     max_tokens: int
     temperature: float
+    # (strategy, parameter, value) from --param, e.g. ("deepconf", "warmup", "4")
+    params: tuple[tuple[str, str, str], ...] = ()
+
+
+def parse_param(text: str) -> tuple[str, str, str]:
+    """``deepconf.warmup=4`` -> ("deepconf", "warmup", "4")."""
+    target, eq, value = text.partition("=")
+    strategy, dot, name = target.partition(".")
+    if not (eq and dot and strategy and name and value):
+        raise typer.BadParameter(f"--param {text!r}: expected STRATEGY.NAME=VALUE")
+    return strategy, name, value
 
 
 def _ttc_headers(strategy: str, parameters: set[str], sampling: Sampling) -> dict[str, str]:
@@ -691,6 +702,9 @@ def _ttc_headers(strategy: str, parameters: set[str], sampling: Sampling) -> dic
         headers["X-TTC-K"] = str(sampling.k)
     if "m" in parameters:
         headers["X-TTC-M"] = str(sampling.m)
+    for target, name, value in sampling.params:
+        if target == strategy:
+            headers["X-TTC-" + "-".join(w.capitalize() for w in name.split("_"))] = value
     return headers
 
 
@@ -1009,6 +1023,13 @@ def strategies(
             "repository's root; the default is relative to the current directory)",
         ),
     ] = Path(".venv-optillm"),
+    param: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A strategy's parameter as STRATEGY.NAME=VALUE, sent as its X-TTC-* header "
+            "(repeat), e.g. --param deepconf.warmup=4"
+        ),
+    ] = None,
     output: Annotated[
         Path | None, typer.Option(help="Also write the report to this markdown file")
     ] = None,
@@ -1017,7 +1038,13 @@ def strategies(
     names = _strategy_list(strategy_names)
     if m > k:
         raise typer.BadParameter(f"--m {m} is larger than --k {k}")
-    sampling = Sampling(k=k, m=m, max_tokens=max_tokens, temperature=temperature)
+    sampling = Sampling(
+        k=k,
+        m=m,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        params=tuple(parse_param(p) for p in param or ()),
+    )
     run_bench(
         "strategies",
         lambda: _run(
@@ -1138,7 +1165,8 @@ def _run(
         f"{target.engine or '?'} at {target.engine_url or '?'}; dataset {dataset} "
         f"(first {len(problems)} problems); k={sampling.k}, m={sampling.m}, "
         f"max_tokens={sampling.max_tokens} per sample, temperature={sampling.temperature}, "
-        f"{concurrency} problem(s) in flight; per-request timeout {REQUEST_TIMEOUT_S:.0f} s; "
+        + "".join(f"{t}.{n}={v}, " for t, n, v in sampling.params)
+        + f"{concurrency} problem(s) in flight; per-request timeout {REQUEST_TIMEOUT_S:.0f} s; "
         + (
             "arms interleaved per problem (order rotated by one per problem)."
             if concurrency == 1

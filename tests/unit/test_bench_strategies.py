@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import typer
 
 from gateway.bench.common import BenchError
 from gateway.bench.strategies import (
@@ -434,3 +435,22 @@ async def test_interleaved_arms_take_turns_in_an_order_rotated_per_problem() -> 
     assert (rows["a"].correct, rows["b"].correct) == (3, 0)
     assert rows["c"].wall_p50_ms == 9.0 and rows["c"].completion_tokens == 30
     assert rows["a"].engine_tokens is None
+
+
+def test_a_param_option_becomes_its_strategys_header_only() -> None:
+    from gateway.bench.strategies import Sampling, _ttc_headers, parse_param
+
+    params = (parse_param("deepconf.warmup=4"), parse_param("deepconf.top_logprobs=5"))
+    sampling = Sampling(k=8, m=3, max_tokens=64, temperature=0.7, params=params)
+    assert _ttc_headers("deepconf", {"k"}, sampling) == {
+        "X-TTC-Strategy": "deepconf",
+        "X-TTC-K": "8",
+        "X-TTC-Warmup": "4",
+        "X-TTC-Top-Logprobs": "5",
+    }
+    assert _ttc_headers("majority_vote", {"k"}, sampling) == {
+        "X-TTC-Strategy": "majority_vote",
+        "X-TTC-K": "8",
+    }
+    with pytest.raises(typer.BadParameter, match=r"STRATEGY\.NAME=VALUE"):
+        parse_param("warmup=4")
