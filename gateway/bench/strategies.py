@@ -1075,6 +1075,7 @@ def _run(
 ) -> str:
     notes: list[str] = []
     load_before = os.getloadavg()[0]
+    optillm_venv = optillm_venv.resolve()  # optillm runs in a directory of its own
     if optillm is None:
         optillm = (optillm_venv / "bin" / "optillm").exists()
         if not optillm:
