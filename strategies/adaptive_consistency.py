@@ -52,7 +52,7 @@ from strategies.base import (
     StrategySpec,
     StrategyTask,
 )
-from strategies.sampling import SampleState, finish_order
+from strategies.sampling import BudgetExhausted, SampleState, finish_order
 from strategies.selection import vote_of
 
 STICKY_KEY = "adaptive_consistency"
@@ -132,24 +132,29 @@ async def run(task: StrategyTask) -> StrategyOutcome:
             break
         offset, window = len(samples), []
         waves += 1
-        async with finish_order(task.sampler, request, min(wave, k - offset), task.role) as batch:
-            samples += batch.book.samples
-            async for sample in batch:
-                answer = await vote_of(sample, task.answers)
-                tally.add(offset + sample.index, answer)
-                finished.append(offset + sample.index)
-                window.append(answer)
-                if rule == "beta" and tally.valid:
-                    v1, v2 = top_two(tally.counts)
-                    probability = beta_probability(v1, v2)
-                    checks.append(
-                        {"voters": tally.valid, "top": [v1, v2], "p": round(probability, 6)}
-                    )
-                    if probability >= p["confidence"]:
-                        stopped = "consensus"
-                        task.decided()
-                        await batch.stop()
-                        break
+        try:
+            size = min(wave, k - offset)
+            async with finish_order(task.sampler, request, size, task.role) as batch:
+                samples += batch.book.samples
+                async for sample in batch:
+                    answer = await vote_of(sample, task.answers)
+                    tally.add(offset + sample.index, answer)
+                    finished.append(offset + sample.index)
+                    window.append(answer)
+                    if rule == "beta" and tally.valid:
+                        v1, v2 = top_two(tally.counts)
+                        probability = beta_probability(v1, v2)
+                        checks.append(
+                            {"voters": tally.valid, "top": [v1, v2], "p": round(probability, 6)}
+                        )
+                        if probability >= p["confidence"]:
+                            stopped = "consensus"
+                            task.decided()
+                            await batch.stop()
+                            break
+        except BudgetExhausted as exc:  # the deadline passed before the wave's worker answered
+            stopped = f"budget_{exc.reason}"
+            break
         if batch.budget is not None:
             stopped = f"budget_{batch.budget}"
         elif rule == "esc":

@@ -36,6 +36,7 @@ import aiohttp
 import orjson
 
 from gateway.engines.base import EngineAdapter
+from gateway.errors import DeadlineExceeded
 from gateway.metering.meter import ModelPrice
 from gateway.openai.chunks import ChoiceDelta, StreamTally, Usage, token_logprobs
 from gateway.openai.sse import DONE, iter_sse_batches
@@ -403,6 +404,18 @@ class PoolSampler:
                     )
                 )
                 offset += size
+        except DeadlineExceeded:
+            if not (self.batches and (request.separate or sticky is not None)):
+                for stream in streams:
+                    stream.response.close()
+                    stream.lease.release()
+                raise  # nothing sampled yet, or a strategy that expects the 504
+            # A later wave (deepconf, adaptive_consistency) met the deadline while waiting for
+            # a worker's answer: what it opened is kept (stopped and billed at close) and the
+            # strategy answers with what it has, as when the deadline passes mid-stream.
+            if streams:
+                self.batches.append(UpstreamBatch(offset, streams, self.guard, self.upstream))
+            raise BudgetExhausted("deadline") from None
         except BaseException:
             for stream in streams:
                 stream.response.close()

@@ -50,6 +50,9 @@ from gateway.upstream.routing import RouteRequest
 log = logging.getLogger("ttc.proxy")
 
 JSON_HEADERS = {"Content-Type": "application/json"}
+# A non-streamed call dropped sooner than this after sending met a stale connection (it fails on
+# its first write or read) and is sent once more; later, the engine may have run it: not resent.
+STALE_DROP_S = 0.25
 PROMPT_COUNT_TIMEOUT_S = (
     0.5  # counting an aborted call's prompt (a tokenizer answers in ms): a hung
 )
@@ -161,14 +164,23 @@ class Upstream:
                 raise bad_gateway(
                     f"worker {worker.name} of pool {pool.name} is unreachable"
                 ) from None
-            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+            except (
+                aiohttp.ServerDisconnectedError,
+                aiohttp.ClientOSError,
+                ConnectionResetError,  # aiohttp's ClientConnectionResetError: a closed socket
+            ) as exc:
                 # Dropped before any answer: most often a kept-alive connection the engine had
                 # just closed (llama.cpp's HTTP server also resets some under a burst of new
-                # connections). Send it once more, as HTTP clients do for a stale connection;
-                # a second drop is the worker's failure.
+                # connections). A stream's headers come as soon as the engine takes the
+                # request, so a streamed call dropped before them never ran: send it once
+                # more, as HTTP clients do for a stale connection. A non-streamed call's
+                # headers come only when it is done, so it is resent only if dropped at once
+                # (a stale connection fails on its first write or read), not mid-generation.
+                # A second drop is the worker's failure.
                 lease.release()
                 await asyncio.shield(pool.adapter.abort(pool.session, worker.url, ctx.request_id))
-                if resent:
+                at_once = time.perf_counter() - sent < STALE_DROP_S
+                if resent or not (body.get("stream") or at_once):
                     raise self._translate(pool, worker, exc, ctx) from None
                 resent = True
                 self.metrics.upstream_errors.labels(pool.name, worker.name, "dropped").inc()

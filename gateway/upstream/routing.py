@@ -10,8 +10,9 @@ requests. Each pool has one (``pools[].routing.policy``):
     The next worker in turn that has room.
 ``session``
     Sticky on the client's ``X-TTC-Session`` header, else the OpenAI ``user`` field: rendezvous
-    hashing of the key over the workers' names, so every gateway replica sends a session to the
-    same worker, and only that worker's sessions move when it goes. A full or failing worker
+    hashing of the key over the workers' configured names, else their addresses (the same in
+    every replica), so every gateway replica sends a session to the same worker, and only that
+    worker's sessions move when it goes. A full or failing worker
     spills the session to its next worker in the same order.
 ``cache_aware`` (default with more than one worker)
     SGLang's router policy (see ``GATEWAYS.md`` §4) over an approximate prefix index: the
@@ -158,6 +159,13 @@ class RoundRobin(_Blind):
         return workers[next(self._turn) % len(workers)], "balanced"
 
 
+def stable_identity(worker: Worker) -> str:
+    """What every replica calls a worker alike: its configured name, else its address (a
+    discovered worker's generated name depends on what that process saw before). Only hashed,
+    never shown."""
+    return worker.config.name or worker.url
+
+
 def rendezvous_score(session: str, worker_name: str) -> int:
     """Highest-random-weight hashing: stable across processes and replicas (not ``hash``)."""
     digest = hashlib.blake2b(f"{session}\0{worker_name}".encode(), digest_size=8).digest()
@@ -178,7 +186,7 @@ class Session(_Blind):
             return least_loaded(workers, next(self._turn)), "miss"
         ranked = sorted(
             (w for w in self._all if not w.retired),
-            key=lambda w: rendezvous_score(request.session or "", w.name),
+            key=lambda w: rendezvous_score(request.session or "", stable_identity(w)),
             reverse=True,
         )
         able = set(map(id, workers))

@@ -290,3 +290,42 @@ async def test_bad_parameters_are_400_naming_the_header(
     assert response.status_code == 400
     assert response.json()["error"]["param"] == param
     assert standin.engine.requests == []
+
+
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
+async def test_a_deadline_while_a_wave_waits_for_a_free_slot_answers_with_the_votes_so_far(
+    strategy: str,
+) -> None:
+    """The worker runs one request at a time: the next wave waits for its headers, and the
+    deadline passes there, not mid-stream. The answer is the best so far (a 200, truncated),
+    not a 504 that would drop the votes already in."""
+    script = Script(
+        draw=True,
+        samples=[
+            confident("the answer is 7", 3.0),  # deepconf's warm-up, or the first wave
+            confident("the answer is 7", 3.0),
+            SampleScript(" ".join(["think"] * 100), token_delay_s=0.02, logprobs=[-2.5]),
+            SampleScript(" ".join(["think"] * 100), token_delay_s=0.02, logprobs=[-2.5]),
+        ],
+    )
+    headers = {
+        **STRATEGIES[strategy],
+        "X-TTC-K": "6",
+        "X-TTC-Wave": "2",
+        "X-TTC-Deadline-Ms": "700",
+    }
+    if strategy == "deepconf":
+        headers["X-TTC-Warmup"] = "2"
+    async with (
+        serve_standin("vllm", script, max_running=1) as standin,
+        serve_gateway(pool_for("vllm", standin.url)) as gw,
+    ):
+        response = await gw.client.post("/v1/chat/completions", json=chat_body(), headers=headers)
+        await standin.engine.wait_until(lambda e: e.running == 0, 2.0)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    report = body["ttc"]
+    assert report["truncated"] is True
+    assert report["decisions"]["stopped"] == "budget_deadline"
+    assert report["winner"]["answer"] == "7"
+    assert body["usage"]["completion_tokens"] == sum(report["sample_tokens"])

@@ -20,6 +20,7 @@ BREAKER = CircuitBreakerConfig(failures=2, cooldown_s=0.5)
 class DroppingProxy:
     url: str
     drops: int = 0  # the next completion requests to drop
+    after_s: float = 0.0  # how long the dropped request waits before its connection closes
 
 
 @contextlib.asynccontextmanager
@@ -37,6 +38,7 @@ async def dropping_proxy(target: str) -> AsyncIterator[DroppingProxy]:
             while data := await reader.read(65536):
                 if requests and data.startswith(b"POST /v1/") and proxy.drops > 0:
                     proxy.drops -= 1
+                    await asyncio.sleep(proxy.after_s)
                     break
                 writer.write(data)
                 await writer.drain()
@@ -160,4 +162,25 @@ async def test_a_connection_dropped_before_any_answer_is_sent_once_more() -> Non
         served = await gw.client.post("/v1/chat/completions", json=chat_body())
         assert served.status_code == 200
         assert len(worker.engine.requests) == 3
+        assert await gw.in_flight() == {proxy.url: 0}
+
+
+async def test_a_non_streamed_call_dropped_after_a_while_is_not_sent_again() -> None:
+    """Its answer comes only when it is done: dropped 0.4 s in, the engine may have run it, so
+    it is the worker's failure (a 502), not a second generation. A stream dropped as late is
+    sent again: its headers would have come as soon as the engine took it."""
+    async with (
+        serve_standin("vllm") as worker,
+        dropping_proxy(worker.url) as proxy,
+        serve_gateway(pool_for("vllm", proxy.url), circuit_breaker=BREAKER) as gw,
+    ):
+        proxy.drops, proxy.after_s = 1, 0.4
+        whole = await gw.client.post("/v1/chat/completions", json=chat_body())
+        assert whole.status_code == 502
+        assert await gw.metric("ttc_upstream_errors_total", kind="dropped") == 0
+        assert await gw.metric("ttc_upstream_errors_total", kind="protocol") == 1
+        proxy.drops = 1
+        streamed = await gw.client.post("/v1/chat/completions", json=chat_body(stream=True))
+        assert streamed.status_code == 200 and proxy.drops == 0
+        assert await gw.metric("ttc_upstream_errors_total", kind="dropped") == 1
         assert await gw.in_flight() == {proxy.url: 0}

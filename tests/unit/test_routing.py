@@ -26,6 +26,7 @@ from gateway.upstream.routing import (
     make_policy,
     prompt_text,
     rendezvous_score,
+    stable_identity,
 )
 
 SYSTEM = "You are a careful assistant. " * 40  # 1,160 characters, 18 blocks of 64
@@ -149,7 +150,7 @@ def test_session_is_sticky_by_rendezvous_and_spills_in_its_own_order() -> None:
     policy = Session(pool)
     owners = {}
     for key in (f"user-{i}" for i in range(30)):
-        ranked = sorted(pool, key=lambda w: rendezvous_score(key, w.name), reverse=True)
+        ranked = sorted(pool, key=lambda w: rendezvous_score(key, stable_identity(w)), reverse=True)
         assert policy.choose(pool, chat("x", session=key)) == (ranked[0], "hit")
         # its worker full or failing: the next one in its own order, the same on every replica
         assert policy.choose(ranked[1:], chat("x", session=key)) == (ranked[1], "spill")
@@ -251,3 +252,20 @@ def test_every_policy_skips_a_full_worker(policy: str) -> None:
     held = pool.lease(route=chat("a", session="s"))
     nxt = pool.lease(route=chat("a", session="s"))
     assert nxt.worker is not held.worker
+
+
+def test_session_hashes_what_every_replica_calls_a_worker_alike() -> None:
+    """A discovered worker's name (pool-<n>) depends on what that process saw before; its
+    configured name or, without one, its address does not."""
+    named = Worker(
+        WorkerConfig(url="http://10.0.0.9:8000", name="gpu-9"), CircuitBreakerConfig(), "p-3"
+    )
+    found = Worker(WorkerConfig(url="http://10.0.0.7:8000"), CircuitBreakerConfig(), "p-5")
+    assert (stable_identity(named), stable_identity(found)) == ("gpu-9", "http://10.0.0.7:8000")
+    renamed = Worker(WorkerConfig(url="http://10.0.0.7:8000"), CircuitBreakerConfig(), "p-1")
+    one, other = Session([named, found]), Session([named, renamed])
+    for key in map(str, range(50)):
+        assert (
+            one.choose([named, found], chat(session=key))[0].url
+            == other.choose([named, renamed], chat(session=key))[0].url
+        )
