@@ -356,7 +356,7 @@ class PoolSampler:
         parts: list[tuple[Worker | None, int]]
         separately = request.separate or not pool.config.supports_n
         if separately:
-            parts = [(None, 1)] * k  # each on the first one's worker while it has room
+            parts = [(None, 1)] * k  # separate: each on the first one's worker while it has room
         elif sticky is not None:  # the sticky worker's prefix cache matters more
             cap = _samples_per_request(pool)
             parts = [(None, min(cap, k - done)) for done in range(0, k, cap)]
@@ -381,8 +381,10 @@ class PoolSampler:
                     role=role or "default",
                 )
                 prefer = self._sticky.get(sticky) if sticky else planned
-                if separately and streams and prefer is None:
-                    prefer = streams[0].lease.worker  # its cache holds the prompt now
+                if request.separate and streams and prefer is None:
+                    # its cache holds the prompt now (an engine without `n` keeps spreading
+                    # its samples over the pool, for parallelism)
+                    prefer = streams[0].lease.worker
                 lease, response = await self.upstream.open(
                     pool, ctx, {**body, "n": size}, prefer=prefer, route=route
                 )
