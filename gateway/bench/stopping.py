@@ -26,7 +26,6 @@ import heapq
 import platform
 import random
 import time
-from collections import Counter
 from collections.abc import AsyncGenerator, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +44,7 @@ from gateway.bench.common import (
     version,
 )
 from strategies import get_strategy
-from strategies.answers import answer_key
+from strategies.answers import VoteTally, answer_key
 from strategies.base import StrategyTask
 from strategies.sampling import RoleName, SampleDelta, SampleRequest
 
@@ -66,6 +65,11 @@ class Trace:
     token_s: float  # virtual seconds per token: the order traces finish in
     confidence: float  # the trace's level; each token's confidence is this plus noise
 
+    @property
+    def finishes_at(self) -> float:
+        """Virtual time of its last token (``SimulatedBatch`` emits in this order)."""
+        return self.tokens * self.token_s
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -75,14 +79,14 @@ class Problem:
     seed: int
 
     def full_majority(self) -> str:
-        """The answer all k traces vote for (ties: the one whose first voter finishes first,
-        as ``majority_vote`` breaks them)."""
-        finish = sorted(
-            range(len(self.traces)), key=lambda i: self.traces[i].tokens * self.traces[i].token_s
-        )
-        counts = Counter(self.traces[i].answer for i in finish)
-        best = max(counts.values())
-        return next(self.traces[i].answer for i in finish if counts[self.traces[i].answer] == best)
+        """The answer all k traces vote for: ``majority_vote``'s own tally, fed in finish order
+        (ties: the answer whose first voter finishes first)."""
+        tally: VoteTally[int] = VoteTally()
+        for i in sorted(range(len(self.traces)), key=lambda i: self.traces[i].finishes_at):
+            tally.add(i, self.traces[i].answer)
+        leader = tally.leader()
+        assert leader is not None  # every simulated trace has an answer
+        return leader
 
 
 @dataclass(frozen=True)
