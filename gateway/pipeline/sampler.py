@@ -406,19 +406,19 @@ class PoolSampler:
                     )
                 )
                 offset += size
-        except DeadlineExceeded:
-            if not (self.batches and (request.separate or sticky is not None)):
-                for stream in streams:
-                    stream.response.close()
-                    stream.lease.release()
-                raise  # nothing sampled yet, or a strategy that expects the 504
-            # A later wave (deepconf, adaptive_consistency) met the deadline while waiting for
-            # a worker's answer: what it opened is kept (stopped and billed at close) and the
-            # strategy answers with what it has, as when the deadline passes mid-stream.
-            if streams:
-                self.batches.append(UpstreamBatch(offset, streams, self.guard, self.upstream))
-            raise BudgetExhausted("deadline") from None
-        except BaseException:
+        except BaseException as exc:
+            if (
+                isinstance(exc, DeadlineExceeded)
+                and self.batches
+                and (request.separate or sticky is not None)
+            ):
+                # A later wave (deepconf, adaptive_consistency) met the deadline while waiting
+                # for a worker's answer: what it opened is kept (stopped and billed at close)
+                # and the strategy answers with what it has, as when the deadline passes
+                # mid-stream. Nothing sampled yet, or another strategy: the 504 it was.
+                if streams:
+                    self.batches.append(UpstreamBatch(offset, streams, self.guard, self.upstream))
+                raise BudgetExhausted("deadline") from None
             for stream in streams:
                 stream.response.close()
                 stream.lease.release()
