@@ -87,12 +87,20 @@ class Budgets:
     max_tokens_total: int | None = None
     max_cost_usd: float | None = None
     deadline_ms: int | None = None
+    thinking_budget: int | None = None  # X-TTC-Thinking-Budget: tokens of thinking per sample
+    answer_budget: int | None = None  # X-TTC-Answer-Budget: tokens of answer after a cut
 
 
 BUDGET_PARAMETERS = (
     ParameterSpec("max_tokens_total", int, None, "Tokens all samples may generate", minimum=1),
     ParameterSpec("max_cost_usd", float, None, "Largest cost of the request in USD", minimum=0),
     ParameterSpec("deadline_ms", int, None, "Milliseconds until the answer is due", minimum=1),
+    ParameterSpec(
+        "thinking_budget", int, None, "Tokens each sample may think before its answer", minimum=0
+    ),
+    ParameterSpec(
+        "answer_budget", int, None, "Tokens of answer after thinking cut at its budget", minimum=1
+    ),
 )
 
 
@@ -118,6 +126,9 @@ class StrategyTask:
     # Send accepted text to a streaming client now (step-wise strategies); the pieces must be
     # a prefix of the final ``content``.
     on_text: Callable[[str], Awaitable[None]] | None = None
+    # The same for accepted thinking (sent as ``reasoning_content`` deltas), which comes before
+    # any answer text; the pieces must be a prefix of the final ``reasoning``.
+    on_reasoning: Callable[[str], Awaitable[None]] | None = None
     # Which vote bucket each answer key joins (exact keys unless the gateway is configured
     # with an equivalence, ``answers.equivalence``).
     answers: AnswerBuckets = field(default_factory=AnswerBuckets)
@@ -138,6 +149,8 @@ class StrategyOutcome:
     # spec_reason: draft steps "accepted" and "rejected"): exported as
     # ttc_strategy_decisions_total{strategy, decision}, so the gateway needs no strategy's name.
     decisions: dict[str, int] = field(default_factory=dict)
+    # The winner's thinking (``message.reasoning_content``); "" when it did not think.
+    reasoning: str = ""
 
 
 StrategyRun = Callable[[StrategyTask], Awaitable[StrategyOutcome]]

@@ -35,6 +35,16 @@ class BudgetExhausted(Exception):
 
 
 @dataclass(frozen=True)
+class ThinkingBudget:
+    """A sample thinks for at most ``tokens`` tokens; if it is still thinking then, its thinking
+    is ended with the end-of-thinking delimiter and its answer is written in at most
+    ``answer_tokens`` more (Elastic Reasoning's t and s, arXiv 2505.05315)."""
+
+    tokens: int
+    answer_tokens: int
+
+
+@dataclass(frozen=True)
 class SampleRequest:
     """What to sample: chat ``messages`` or a raw ``prompt`` the strategy rendered itself
     (step-wise strategies continue text where chat templates are unreliable), plus the
@@ -49,12 +59,17 @@ class SampleRequest:
     # single traces (deepconf). Otherwise k samples share one request with n=k, and a cancelled
     # one keeps generating until every sample of its request is cancelled or finished.
     separate: bool = False
+    # Cap each sample's thinking (reasoning models): the gateway ends it at the budget and
+    # continues the answer (``ThinkingBudget``); None: the engine's own limits only.
+    thinking: ThinkingBudget | None = None
 
 
 @dataclass(frozen=True)
 class SampleDelta:
     """New output of one sample. The last event of a sample has ``finish_reason`` set
-    (``stop``, ``length``, or ``abort`` when the strategy or a deadline cancelled it)."""
+    (``stop``, ``length``, or ``abort`` when the strategy or a deadline cancelled it).
+    ``text`` is answer text only; a reasoning model's thinking arrives in ``reasoning``
+    (``tokens`` counts both)."""
 
     sample: int
     text: str
@@ -65,6 +80,7 @@ class SampleDelta:
     # With finish_reason "stop": True when the engine says the sample ended at its end-of-
     # sequence token, False when a stop string matched, None when the engine does not say.
     eos: bool | None = None
+    reasoning: str = ""
 
 
 class SampleBatch(Protocol):
@@ -107,14 +123,20 @@ class SampleState:
     """Everything one sample has produced so far."""
 
     index: int
-    pieces: list[str] = field(default_factory=list)
-    tokens: int = 0
+    pieces: list[str] = field(default_factory=list)  # the answer
+    tokens: int = 0  # thinking and answer
     finish_reason: str | None = None
     logprobs: list[float] = field(default_factory=list)
+    thinking: list[str] = field(default_factory=list)
 
     @property
     def text(self) -> str:
+        """The answer: what votes and answer extraction read (never the thinking)."""
         return "".join(self.pieces)
+
+    @property
+    def reasoning(self) -> str:
+        return "".join(self.thinking)
 
     @property
     def finished(self) -> bool:
@@ -138,6 +160,8 @@ class SampleBook:
         sample = self.samples[delta.sample]
         if delta.text:
             sample.pieces.append(delta.text)
+        if delta.reasoning:
+            sample.thinking.append(delta.reasoning)
         sample.tokens += delta.tokens
         sample.logprobs.extend(delta.logprobs)
         if delta.finish_reason is not None and sample.finish_reason is None:

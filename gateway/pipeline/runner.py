@@ -52,6 +52,15 @@ def worker_header(ctx: RequestContext) -> dict[str, str]:
     return {"X-TTC-Worker": ", ".join(ctx.workers)} if ctx.workers else {}
 
 
+def message(outcome: StrategyOutcome) -> dict[str, Any]:
+    """The answer's ``message``: the winner's thinking in ``reasoning_content`` (vLLM's field)
+    when it thought, its answer in ``content``."""
+    out: dict[str, Any] = {"role": "assistant", "content": outcome.content}
+    if outcome.reasoning:
+        out["reasoning_content"] = outcome.reasoning
+    return out
+
+
 @dataclass
 class StrategyResult:
     outcome: StrategyOutcome
@@ -97,6 +106,7 @@ class StrategyRunner:
         ctx: RequestContext,
         model: str,
         on_text: Callable[[str], Awaitable[None]] | None = None,
+        on_reasoning: Callable[[str], Awaitable[None]] | None = None,
     ) -> StrategyResult:
         assert spec.run is not None
         guard = BudgetGuard(
@@ -119,6 +129,7 @@ class StrategyRunner:
             sampler=sampler,
             decided=decided,
             on_text=on_text,
+            on_reasoning=on_reasoning,
             answers=AnswerBuckets(self.same_answer),
         )
         try:
@@ -189,7 +200,7 @@ class StrategyRunner:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": result.outcome.content},
+                    "message": message(result.outcome),
                     "finish_reason": result.outcome.finish_reason,
                     "logprobs": None,
                 }
@@ -215,31 +226,43 @@ class StrategyRunner:
             "created": int(time.time()),
             "model": model,
         }
-        sent: list[str] = []
+        sent: dict[str, list[str]] = {"reasoning_content": [], "content": []}
 
-        def content_chunk(text: str) -> bytes:
-            delta = {"content": text} if sent else {"role": "assistant", "content": text}
-            sent.append(text)
+        def chunk(field: str, text: str) -> bytes:
+            delta = {field: text}
+            if not (sent["reasoning_content"] or sent["content"]):
+                delta = {"role": "assistant", **delta}
+            sent[field].append(text)
             return encode_event(
                 {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
             )
 
-        accepted: asyncio.Queue[str] = asyncio.Queue()
+        # (field, text): thinking and answer text the strategy accepted, in order
+        accepted: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+
+        async def on_text(text: str) -> None:
+            await accepted.put(("content", text))
+
+        async def on_reasoning(text: str) -> None:
+            await accepted.put(("reasoning_content", text))
+
         running = asyncio.create_task(
-            self.run(spec, params, budgets, body, ctx, model, on_text=accepted.put)
+            self.run(
+                spec, params, budgets, body, ctx, model, on_text=on_text, on_reasoning=on_reasoning
+            )
         )
-        waiter: asyncio.Future[str] | None = None
+        waiter: asyncio.Future[tuple[str, str]] | None = None
         try:
             while not (running.done() and accepted.empty()):
                 if not accepted.empty():
-                    yield content_chunk(accepted.get_nowait())
+                    yield chunk(*accepted.get_nowait())
                     continue
                 waiter = asyncio.ensure_future(accepted.get())
                 done, _ = await asyncio.wait(
                     (running, waiter), timeout=HEARTBEAT_S, return_when=asyncio.FIRST_COMPLETED
                 )
                 if waiter in done:
-                    yield content_chunk(waiter.result())
+                    yield chunk(*waiter.result())
                 else:
                     waiter.cancel()
                     if not done:
@@ -268,11 +291,12 @@ class StrategyRunner:
                 running.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await running
-        content = result.outcome.content
-        already = "".join(sent)
-        rest = content[len(already) :] if content.startswith(already) else content
-        if rest or not sent:
-            yield content_chunk(rest)
+        outcome = result.outcome
+        for field, text in (("reasoning_content", outcome.reasoning), ("content", outcome.content)):
+            already = "".join(sent[field])
+            rest = text[len(already) :] if text.startswith(already) else text
+            if rest or (field == "content" and not sent["content"]):
+                yield chunk(field, rest)
         yield encode_event(
             {
                 **base,

@@ -522,5 +522,6 @@ def _sample_delta(offset: int, delta: ChoiceDelta, adapter: EngineAdapter) -> Sa
         top_logprobs=tops,
         finish_reason=finish,
         eos=adapter.ended_at_eos(raw) if finish == "stop" else None,
+        reasoning="",
     )
     return made

@@ -280,6 +280,7 @@ def test_a_relayed_delta_is_the_sample_delta_its_init_would_make() -> None:
         "top_logprobs",
         "finish_reason",
         "eos",
+        "reasoning",
     ]
     chat_logprobs = {
         "content": [
