@@ -191,6 +191,30 @@ class RoutingConfig(_Strict):
     )
 
 
+class ReasoningConfig(_Strict):
+    """How a pool's model separates its thinking from its answer
+    (``gateway.openai.thinking``), and who ends thinking at a budget."""
+
+    thinking: Literal["auto", "opened", "none"] = Field(
+        "auto",
+        description="auto: reasoning_content/reasoning deltas, or content opening with open_tag, "
+        "are thinking up to close_tag; opened: the chat template opens the thinking (content is "
+        "thinking until close_tag); none: content is all answer",
+    )
+    open_tag: str = Field("<think>", min_length=1)
+    close_tag: str = Field("</think>", min_length=1)
+    native_budget: bool = Field(
+        False,
+        description="The engine ends thinking at X-TTC-Thinking-Budget itself (vLLM "
+        "`thinking_token_budget`); false: the gateway cuts it and continues the answer",
+    )
+
+    @property
+    def end_of_thinking(self) -> str:
+        """What the gateway appends to thinking it cuts, before the answer is continued."""
+        return f"\n{self.close_tag}\n\n"
+
+
 class PoolConfig(_Strict):
     """Workers that serve one model with one engine, grouped under roles."""
 
@@ -210,6 +234,7 @@ class PoolConfig(_Strict):
     embedded: EmbeddedLlamaCppConfig | None = None
     api_key: str | None = Field(None, description="Bearer token sent to the workers, if any")
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    reasoning: ReasoningConfig = Field(default_factory=ReasoningConfig)
     supports_n: bool = Field(True, description="Engine honours `n` > 1 in one request")
     connect_timeout_s: float = Field(5.0, gt=0)
     read_timeout_s: float = Field(
@@ -225,6 +250,11 @@ class PoolConfig(_Strict):
             raise ValueError(f"worker names must be unique within a pool, got {names}")
         if self.embedded is not None and self.engine is not EngineKind.LLAMACPP:
             raise ValueError("`embedded` is only available for engine: llamacpp")
+        if self.reasoning.native_budget and self.engine is not EngineKind.VLLM:
+            raise ValueError(
+                "reasoning.native_budget needs engine: vllm (`thinking_token_budget`); on "
+                f"{self.engine.value} the gateway cuts the thinking itself (native_budget: false)"
+            )
         return self
 
 
@@ -351,6 +381,32 @@ class AnswersConfig(_Strict):
         return self
 
 
+class ThinkingConfig(_Strict):
+    """Thinking budgets for reasoning models (``X-TTC-Thinking-Budget``, ``reasoning_effort``)."""
+
+    effort_budgets: dict[str, int] = Field(
+        default_factory=lambda: {
+            "none": 0,
+            "minimal": 256,
+            "low": 1024,
+            "medium": 4096,
+            "high": 16384,
+        },
+        description="reasoning_effort value -> thinking tokens per sample (0: no thinking); "
+        "an X-TTC-Thinking-Budget header wins over it",
+    )
+    answer_budget: int = Field(
+        2048, ge=1, description="Tokens for the answer after a cut, unless X-TTC-Answer-Budget"
+    )
+
+    @model_validator(mode="after")
+    def _budgets_not_negative(self) -> ThinkingConfig:
+        negative = sorted(name for name, tokens in self.effort_budgets.items() if tokens < 0)
+        if negative:
+            raise ValueError(f"effort_budgets must be >= 0 tokens, not for {negative}")
+        return self
+
+
 def _embedded_default_pool() -> list[PoolConfig]:
     return [
         PoolConfig(
@@ -378,6 +434,7 @@ class GatewaySettings(BaseSettings):
     state: SharedStateConfig = SharedStateConfig()
     cache: ResponseCacheConfig = ResponseCacheConfig()
     answers: AnswersConfig = AnswersConfig()
+    thinking: ThinkingConfig = ThinkingConfig()
     default_strategy: str = "single"
     pools: list[PoolConfig] = Field(default_factory=_embedded_default_pool, min_length=1)
 

@@ -174,6 +174,7 @@ async def run(task: StrategyTask) -> StrategyOutcome:
     winner = samples[chosen]
     return StrategyOutcome(
         content=winner.text,
+        reasoning=winner.reasoning,
         finish_reason=winner.finish_reason
         if winner.finish_reason in ("stop", "length")
         else "length",

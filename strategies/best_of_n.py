@@ -145,6 +145,7 @@ async def run(task: StrategyTask) -> StrategyOutcome:
         fallback = book.first_finished() or book.longest()
         return StrategyOutcome(
             content=fallback.text,
+            reasoning=fallback.reasoning,
             finish_reason="length",
             winner=fallback.index,
             truncated=truncated,
@@ -159,6 +160,7 @@ async def run(task: StrategyTask) -> StrategyOutcome:
     winner = _pick(eligible, scores)
     return StrategyOutcome(
         content=winner.text,
+        reasoning=winner.reasoning,
         finish_reason=winner.finish_reason
         if winner.finish_reason in ("stop", "length")
         else "length",

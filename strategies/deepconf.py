@@ -307,6 +307,7 @@ class DeepConf:
         finish = winner.sample.finish_reason if winner is not None else None
         return StrategyOutcome(
             content=winner.sample.text if winner is not None else "",
+            reasoning=winner.sample.reasoning if winner is not None else "",
             finish_reason=finish if finish in ("stop", "length") else "length",
             winner=winner.index if winner is not None else None,
             answer=answer,

@@ -29,6 +29,7 @@ async def run(task: StrategyTask) -> StrategyOutcome:
                 await samples.stop()
                 return StrategyOutcome(
                     content=sample.text,
+                    reasoning=sample.reasoning,
                     finish_reason="stop",
                     winner=sample.index,
                     answer=answer,
@@ -38,6 +39,7 @@ async def run(task: StrategyTask) -> StrategyOutcome:
     fallback = samples.book.first_finished() or samples.book.longest()
     return StrategyOutcome(
         content=fallback.text,
+        reasoning=fallback.reasoning,
         finish_reason="length",
         winner=fallback.index,
         truncated=samples.truncated,

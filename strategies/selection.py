@@ -67,6 +67,7 @@ async def majority_outcome(
         winner = book.first_finished() or book.longest()
     return StrategyOutcome(
         content=winner.text,
+        reasoning=winner.reasoning,
         finish_reason=winner.finish_reason
         if winner.finish_reason in ("stop", "length")
         else "length",

@@ -26,6 +26,9 @@ class EngineAdapter:
     # False when the engine's `usage.completion_tokens` covers only some choices of an n>1
     # request, so the gateway must count tokens from the stream itself.
     usage_counts_all_choices: ClassVar[bool] = True
+    # Whether ``render_chat`` works (raw-prompt continuation: step-wise strategies, thinking
+    # budgets the gateway enforces).
+    renders_chat: ClassVar[bool] = False
 
     # The engine's own /metrics names for the figures the gateway exports as ttc_engine_*
     # (``gateway.engines.metrics``); empty: the engine exports none of them.
@@ -59,6 +62,11 @@ class EngineAdapter:
     def needs_streaming_for_usage(self, n: int) -> bool:
         """Whether a non-streaming request must be streamed upstream to be counted correctly."""
         return n > 1 and not self.usage_counts_all_choices
+
+    def limit_thinking(self, body: dict[str, Any], tokens: int) -> None:
+        """Ask the engine to end the thinking after ``tokens`` tokens itself (a pool with
+        ``reasoning.native_budget``; the configuration allows it only where this is done)."""
+        raise NotImplementedError(f"a {self.kind.value} engine has no thinking budget of its own")
 
     async def abort(self, session: aiohttp.ClientSession, base_url: str, request_id: str) -> None:
         """Extra abort beyond closing the connection (which every adapter does)."""

@@ -21,6 +21,7 @@ class LlamaCppAdapter(EngineAdapter):
 
     kind = EngineKind.LLAMACPP
     health_path = "/health"
+    renders_chat = True
     usage_counts_all_choices = False
     metric_names: ClassVar[dict[str, str]] = {
         "llamacpp:requests_processing": "requests_running",

@@ -13,6 +13,7 @@ class VllmAdapter(EngineAdapter):
 
     kind = EngineKind.VLLM
     health_path = "/health"
+    renders_chat = True
     metric_names: ClassVar[dict[str, str]] = {
         "vllm:num_requests_running": "requests_running",
         "vllm:num_requests_waiting": "requests_waiting",
@@ -38,6 +39,11 @@ class VllmAdapter(EngineAdapter):
             options.setdefault("continuous_usage_stats", True)
             body["stream_options"] = options
         return body
+
+    def limit_thinking(self, body: dict[str, Any], tokens: int) -> None:
+        """``thinking_token_budget`` (vLLM PR #20859): the engine ends the reasoning at that
+        many tokens; it needs a reasoning parser (``--reasoning-parser``)."""
+        body["thinking_token_budget"] = tokens
 
     async def render_chat(self, call: RenderCall, messages: list[dict[str, Any]]) -> str:
         """``/tokenize`` with the chat template, then ``/detokenize`` (special tokens kept)."""

@@ -111,7 +111,12 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         pools,
         upstream,
         metrics,
-        Pipeline(upstream, StrategyRunner(pools, upstream, metrics, same_answer), metrics),
+        Pipeline(
+            upstream,
+            StrategyRunner(pools, upstream, metrics, same_answer),
+            metrics,
+            settings.thinking,
+        ),
         access,
         cache,
     )

@@ -44,6 +44,7 @@ from strategies import (
     get_strategy,
     split_budgets,
 )
+from strategies.base import TokenBound
 
 router = APIRouter()
 
@@ -155,6 +156,17 @@ def select_strategy(
     return StrategyChoice(name, params, origins, strategy_origin)
 
 
+def with_thinking(
+    bound: TokenBound, samples: int, prompt_tokens: int, thinking_budget: int | None
+) -> TokenBound:
+    """A request's bound under a thinking budget: each sample may be continued once, with its
+    prompt and its thinking sent again (its generated tokens stay within ``max_tokens``)."""
+    if thinking_budget is None:
+        return bound
+    again = samples * (prompt_tokens + thinking_budget + 16)  # + the end-of-thinking delimiter
+    return TokenBound(bound.prompt_tokens + again, bound.completion_tokens)
+
+
 async def _sampling(request: Request, endpoint: str) -> Response:
     """One sampling request, from its body to its answer. Every request is counted exactly
     once in ``ttc_requests_total`` with the status it ended with: here for a plain answer or
@@ -205,7 +217,14 @@ async def _sampling(request: Request, endpoint: str) -> Response:
             request.headers.get("authorization"),
             spec.name,
             int(params.get("k", parsed.n)),
-            lambda: spec.bound(params, prompt_token_bound(body), max_tokens, parsed.n),
+            lambda: with_thinking(
+                spec.bound(params, prompt_token_bound(body), max_tokens, parsed.n),
+                int(params.get("k", parsed.n)),
+                prompt_token_bound(body),
+                budgets.thinking_budget
+                if budgets.thinking_budget is not None
+                else state.settings.thinking.effort_budgets.get(str(body.get("reasoning_effort"))),
+            ),
         )
         forward = {k: v for k, v in body.items() if k != "ttc"}
         cache_key = None
@@ -226,7 +245,15 @@ async def _sampling(request: Request, endpoint: str) -> Response:
                     media_type="application/json",
                     headers={**cached.headers, "X-TTC-Cache": "hit"},
                 )
-        sampling = Sampling(spec, params, budgets, forward, pool, parsed.n)
+        sampling = Sampling(
+            spec,
+            params,
+            budgets,
+            forward,
+            pool,
+            parsed.n,
+            choice.origins.get("thinking_budget", "X-TTC-Thinking-Budget"),
+        )
         await state.pipeline.prepare(sampling, ctx)
         if parsed.stream:
             events = await state.pipeline.stream(sampling, ctx)

@@ -53,6 +53,8 @@ class Usage:
     # The part of prompt_tokens the engine did not report (a call aborted before it did),
     # counted by the engine's tokenizer or bounded by the gateway instead.
     estimated_prompt_tokens: int = 0
+    # The part of completion_tokens that was thinking (reasoning models), when known.
+    reasoning_tokens: int | None = None
 
     def __add__(self, other: Usage) -> Usage:
         cached = (
@@ -60,11 +62,17 @@ class Usage:
             if self.cached_tokens is None and other.cached_tokens is None
             else (self.cached_tokens or 0) + (other.cached_tokens or 0)
         )
+        reasoning = (
+            None
+            if self.reasoning_tokens is None and other.reasoning_tokens is None
+            else (self.reasoning_tokens or 0) + (other.reasoning_tokens or 0)
+        )
         return Usage(
             self.prompt_tokens + other.prompt_tokens,
             self.completion_tokens + other.completion_tokens,
             cached,
             self.estimated_prompt_tokens + other.estimated_prompt_tokens,
+            reasoning,
         )
 
     def as_openai(self) -> dict[str, Any]:
@@ -75,6 +83,8 @@ class Usage:
         }
         if self.cached_tokens is not None:
             usage["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
+        if self.reasoning_tokens is not None:
+            usage["completion_tokens_details"] = {"reasoning_tokens": self.reasoning_tokens}
         return usage
 
 

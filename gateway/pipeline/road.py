@@ -15,15 +15,17 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+from gateway.config import ThinkingConfig
 from gateway.errors import invalid_request
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline.runner import StrategyRunner, cost_headers, worker_header
 from gateway.upstream.client import RequestContext, Upstream
 from gateway.upstream.pool import WorkerPool
 from strategies import Budgets, StrategySpec
+from strategies.single import SAMPLED_SINGLE
 
 
 @dataclass
@@ -36,6 +38,8 @@ class Sampling:
     body: dict[str, Any]  # forwarded as it is (the gateway's own ``ttc`` field removed)
     pool: WorkerPool
     n: int
+    # Where X-TTC-Thinking-Budget came from, to name it in an error (the header or ttc field)
+    thinking_origin: str = "X-TTC-Thinking-Budget"
 
     @property
     def model(self) -> str:
@@ -57,10 +61,17 @@ class Answer:
 class Pipeline:
     """Applies a request's budgets, runs its strategy, and shapes its answer."""
 
-    def __init__(self, upstream: Upstream, runner: StrategyRunner, metrics: GatewayMetrics) -> None:
+    def __init__(
+        self,
+        upstream: Upstream,
+        runner: StrategyRunner,
+        metrics: GatewayMetrics,
+        thinking: ThinkingConfig | None = None,
+    ) -> None:
         self.upstream = upstream
         self.runner = runner
         self.metrics = metrics
+        self.thinking = thinking or ThinkingConfig()
 
     # -- budgets ----------------------------------------------------------------------------
     async def prepare(self, sampling: Sampling, ctx: RequestContext) -> None:
@@ -78,6 +89,8 @@ class Pipeline:
                     "number of samples with X-TTC-K",
                     param="n",
                 )
+        self._thinking_budget(sampling, ctx)
+        budgets = sampling.budgets
         ctx.limit_deadline(budgets.deadline_ms)
         if sampling.passthrough and budgets.max_tokens_total is not None:
             if budgets.max_tokens_total < n:
@@ -89,6 +102,56 @@ class Pipeline:
             limit_max_tokens(body, budgets.max_tokens_total // n)
         if budgets.max_cost_usd is not None:
             await self._cost_cap(sampling, ctx, budgets.max_cost_usd)
+
+    def _thinking_budget(self, sampling: Sampling, ctx: RequestContext) -> None:
+        """Resolve the thinking budget (``X-TTC-Thinking-Budget``, else ``reasoning_effort``
+        by ``thinking.effort_budgets``) and the answer budget, and check the pool can take
+        them. ``single`` under a budget the gateway enforces is drawn through the sampler."""
+        budgets, body = sampling.budgets, sampling.body
+        origin = sampling.thinking_origin
+        tokens = budgets.thinking_budget
+        effort = body.get("reasoning_effort")
+        if tokens is None and effort is not None:
+            known = self.thinking.effort_budgets
+            if not isinstance(effort, str) or effort not in known:
+                raise invalid_request(
+                    f"reasoning_effort must be one of {', '.join(sorted(known))}, got {effort!r}",
+                    param="reasoning_effort",
+                )
+            tokens, origin = known[effort], "reasoning_effort"
+        if tokens is None:
+            if budgets.answer_budget is not None:
+                raise invalid_request(
+                    "X-TTC-Answer-Budget is the answer's tokens after thinking cut at its budget: "
+                    "it needs X-TTC-Thinking-Budget (or reasoning_effort)",
+                    param="X-TTC-Answer-Budget",
+                )
+            return
+        answer = budgets.answer_budget or self.thinking.answer_budget
+        sampling.budgets = replace(budgets, thinking_budget=tokens, answer_budget=answer)
+        reasoning = sampling.pool.config.reasoning
+        if reasoning.native_budget:
+            if sampling.passthrough:  # the engine's own control on the pass-through
+                sampling.pool.adapter.limit_thinking(body, tokens)
+                limit_max_tokens(body, tokens + answer)
+            return
+        if not sampling.pool.adapter.renders_chat:
+            raise invalid_request(
+                f"pool {sampling.pool.name!r} ({sampling.pool.config.engine.value}) cannot take "
+                "a thinking budget: the gateway continues a cut thinking with a raw prompt "
+                "rendered by the engine's chat template, which only llama.cpp and vLLM pools "
+                "render (or declare reasoning.native_budget on a vLLM pool)",
+                param=origin,
+                code="thinking_budget_unsupported",
+            )
+        if sampling.passthrough:
+            if ctx.endpoint != "chat" or sampling.n != 1:
+                raise invalid_request(
+                    f"a thinking budget on {sampling.spec.name!r} needs /v1/chat/completions and "
+                    "n=1: the gateway cuts one sample's thinking and continues its answer",
+                    param="n" if ctx.endpoint == "chat" else origin,
+                )
+            sampling.spec = SAMPLED_SINGLE
 
     async def _cost_cap(self, sampling: Sampling, ctx: RequestContext, max_cost_usd: float) -> None:
         """``InvalidRequest`` naming ``X-TTC-Max-Cost-USD`` when the prompt alone (counted by a

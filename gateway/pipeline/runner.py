@@ -28,7 +28,7 @@ from gateway.upstream.client import RequestContext, Upstream
 from gateway.upstream.pool import PoolRegistry
 from strategies import Budgets, StrategyOutcome, StrategySpec, StrategyTask
 from strategies.answers import AnswerBuckets, SameAnswer
-from strategies.sampling import SampleRequest
+from strategies.sampling import SampleRequest, ThinkingBudget
 
 log = logging.getLogger("ttc.strategies")
 
@@ -123,8 +123,11 @@ class StrategyRunner:
                 decision["at"] = time.perf_counter()
                 decision["tokens"] = sampler.usage().completion_tokens
 
+        thinking = None
+        if budgets.thinking_budget is not None:
+            thinking = ThinkingBudget(budgets.thinking_budget, budgets.answer_budget or 1)
         task = StrategyTask(
-            request=SampleRequest(messages=body["messages"], params=body),
+            request=SampleRequest(messages=body["messages"], params=body, thinking=thinking),
             params=params,
             sampler=sampler,
             decided=decided,
@@ -160,6 +163,11 @@ class StrategyRunner:
             "time_to_decision_ms": round((decision["at"] - ctx.arrived) * 1000, 1),
             "truncated": outcome.truncated,
             "estimated_prompt_tokens": usage.estimated_prompt_tokens,
+            "thinking": {
+                "budget": budgets.thinking_budget,
+                "answer_budget": budgets.answer_budget,
+                "samples": sampler.thinking(),
+            },
             "early_stop_saved_tokens": sampler.tokens_saved_by_early_stop(
                 body.get("max_completion_tokens") or body.get("max_tokens")
             ),

@@ -25,6 +25,7 @@ every chunk; when one runs out every stream is aborted and ``BudgetExhausted`` i
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 import time
 from collections import deque
@@ -40,14 +41,38 @@ from gateway.errors import DeadlineExceeded
 from gateway.metering.meter import ModelPrice
 from gateway.openai.chunks import ChoiceDelta, StreamTally, Usage, token_logprobs
 from gateway.openai.sse import DONE, iter_sse_batches
+from gateway.openai.thinking import ThinkingSplit
 from gateway.tasks import finish_even_if_cancelled
 from gateway.upstream.client import RequestContext, Upstream
 from gateway.upstream.pool import PoolRegistry, Worker, WorkerLease, WorkerPool
 from gateway.upstream.routing import RouteRequest
-from strategies.sampling import BudgetExhausted, BudgetName, RoleName, SampleDelta, SampleRequest
+from strategies.sampling import (
+    BudgetExhausted,
+    BudgetName,
+    RoleName,
+    SampleDelta,
+    SampleRequest,
+    ThinkingBudget,
+)
+
+log = logging.getLogger("ttc.sampler")
 
 # Fields of the client's body that the sampler sets itself.
 _OWN_FIELDS = frozenset({"model", "messages", "prompt", "n", "stream", "stream_options", "ttc"})
+# Chat fields a raw-prompt continuation does not take (``logprobs`` is mapped, not dropped).
+_CHAT_ONLY_FIELDS = frozenset(
+    {
+        "messages",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "response_format",
+        "reasoning_effort",
+        "max_completion_tokens",
+        "top_logprobs",
+        "logprobs",
+    }
+)
 
 
 @dataclass
@@ -113,6 +138,25 @@ class _Stream:
     closed: bool = False
     accounted: bool = False  # its tokens are counted (once, however it was closed)
     broken: bool = False  # the worker failed it (nothing of its work is estimated)
+    # Samples whose thinking this stream ended at the budget: another stream continues them.
+    handed_off: set[int] = field(default_factory=set)
+
+
+@dataclass
+class ThinkingPlan:
+    """A batch's thinking budget, enforced by the gateway: each sample's first call generates
+    at most ``budget.tokens``; one that stops there (``length``) is continued once on the same
+    worker by a raw completion of the chat rendered by the engine's template, what the sample
+    generated, and the end-of-thinking delimiter if it was still thinking, with at most
+    ``continue_tokens`` (0: it is not continued: the client's ``max_tokens`` was reached)."""
+
+    budget: ThinkingBudget
+    messages: list[dict[str, Any]]
+    role: RoleName | None
+    end_of_thinking: str
+    continue_tokens: int
+    native: bool = False  # the engine enforces the budget itself: nothing to continue
+    rendered: asyncio.Future[str] | None = None  # the chat, rendered once for the batch
 
 
 _END = object()
@@ -135,8 +179,15 @@ class UpstreamBatch:
     # Deltas taken from the queue and not yet given to the strategy (kept if it stops
     # reading ``events`` halfway through a read).
     backlog: deque[SampleDelta] = field(default_factory=deque)
+    # Each sample's thinking and answer, over all its calls.
+    splits: list[ThinkingSplit] = field(default_factory=list)
+    thinking: ThinkingPlan | None = None
+    sampler: PoolSampler | None = None  # opens continuations (None: a batch never continued)
+    continuing: dict[int, asyncio.Task[None]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not self.splits:
+            self.splits = [ThinkingSplit() for _ in range(self.k)]
         self.guard.streams += self.streams
         for stream in self.streams:
             stream.reader = asyncio.create_task(self._read(stream))
@@ -150,6 +201,7 @@ class UpstreamBatch:
         tally = stream.tally
         offset = stream.offset
         adapter = stream.pool.adapter
+        splits = self.splits
         queue = self.queue
         guard = self.guard
         limited = guard.limited
@@ -168,7 +220,8 @@ class UpstreamBatch:
                             stream.broken = True
                             return
                         for delta in tally.observe(chunk):
-                            deltas.append(_sample_delta(offset, delta, adapter))
+                            sample = offset + delta.choice_index
+                            deltas.append(_sample_delta(sample, delta, adapter, splits[sample]))
                         if limited and (reached := guard.exhausted()) is not None:
                             break
                 finally:  # what came before the end, an error event or a malformed chunk
@@ -207,11 +260,13 @@ class UpstreamBatch:
             if isinstance(item, tuple) and item[0] is _BUDGET_REACHED:
                 await self.cancel()  # a reader reached the token total or the cost cap
                 raise BudgetExhausted(item[1])
-            if isinstance(item, tuple):  # (_END, stream)
+            if isinstance(item, tuple):  # (_END, stream or None: a continuation not opened)
                 if guard.deadline <= time.perf_counter():
                     await self.cancel()
                     raise BudgetExhausted("deadline")
                 open_streams -= 1
+                if item[1] is None:
+                    continue
                 for failed in self._unfinished(item[1]):
                     self.finished.add(failed)
                     self.failed.add(failed)
@@ -228,6 +283,11 @@ class UpstreamBatch:
                     raise BudgetExhausted("deadline")
                 if delta.sample in cancelled:
                     continue
+                if delta.finish_reason == "length" and self._continue(delta.sample):
+                    open_streams += 1  # its continuation's stream
+                    if delta.text or delta.reasoning or delta.tokens:
+                        yield _unfinished_copy(delta)
+                    continue
                 if delta.finish_reason is not None:
                     finished.add(delta.sample)
                 yield delta
@@ -236,13 +296,73 @@ class UpstreamBatch:
         if stream.closed:
             return []
         samples = range(stream.offset, stream.offset + stream.count)
-        return [s for s in samples if s not in self.finished and s not in self.cancelled]
+        return [
+            s
+            for s in samples
+            if s not in self.finished and s not in self.cancelled and s not in stream.handed_off
+        ]
+
+    # -- thinking budgets ---------------------------------------------------------------------
+    def _continue(self, sample: int) -> bool:
+        """If the sample's first call stopped at the thinking budget, continue it (on its
+        worker, in a task that feeds this batch's queue) and say so."""
+        plan = self.thinking
+        if plan is None or plan.native or plan.continue_tokens <= 0:
+            return False
+        if sample in self.continuing or self.sampler is None:
+            return False  # a continuation that stops at `length` has reached the answer budget
+        origin = next(s for s in self.streams if s.offset <= sample < s.offset + s.count)
+        origin.handed_off.add(sample)
+        split = self.splits[sample]
+        split.flush()
+        split.cut = split.thinking_open
+        self.continuing[sample] = asyncio.create_task(
+            self._run_continuation(sample, origin, self.sampler, plan)
+        )
+        return True
+
+    async def _run_continuation(
+        self, sample: int, origin: _Stream, sampler: PoolSampler, plan: ThinkingPlan
+    ) -> None:
+        """Open the sample's continuation and read it into the queue; if it cannot be opened,
+        the sample has failed."""
+        stream: _Stream | None = None
+        try:
+            rendered = await sampler.rendered(plan)
+            split = self.splits[sample]
+            prompt = split.prompt_after(rendered, plan.end_of_thinking)
+            split.continue_answer()
+            stream = await sampler.open_continuation(origin, sample, prompt, plan.continue_tokens)
+        except asyncio.CancelledError:  # the sample was cancelled while it was being opened
+            self.queue.put_nowait((_END, None))
+            raise
+        except Exception as exc:  # the worker or the deadline: reported as a failed sample
+            log.warning("continuation of sample %d failed to start: %s", sample, exc)
+            self.finished.add(sample)
+            self.failed.add(sample)
+            self.queue.put_nowait([SampleDelta(sample, "", 0, finish_reason="error")])
+            self.queue.put_nowait((_END, None))
+            return
+        self.streams.append(stream)
+        self.guard.streams.append(stream)
+        stream.reader = asyncio.current_task()
+        await self._read(stream)
 
     async def cancel(self, samples: Iterable[int] | None = None) -> None:
         """Stop samples; a stream closes (aborting the engine's work) once none of its
         samples is still wanted. Tokens already received stay counted."""
         targets = set(range(self.k)) if samples is None else set(samples)
         self.cancelled |= targets - self.finished
+        opening = [
+            task
+            for sample, task in self.continuing.items()
+            if sample in self.cancelled
+            and not task.done()
+            and not any(s.reader is task for s in self.streams)
+        ]
+        for task in opening:
+            task.cancel()
+        await asyncio.gather(*opening, return_exceptions=True)
         done = [stream for stream in self.streams if not self._unfinished(stream)]
         await finish_even_if_cancelled(self._stop_then_account(done))
 
@@ -294,6 +414,14 @@ class UpstreamBatch:
         """Count every closed stream not counted yet (``streams``: these only)."""
         chosen = self.streams if streams is None else streams
         await asyncio.gather(*(self._account(s) for s in chosen if s.closed))
+
+    def sample_tokens(self) -> list[int]:
+        """Each sample's completion tokens, over all its calls (a continued one has two)."""
+        tokens = [0] * self.k
+        for stream in self.streams:
+            for i in range(stream.count):
+                tokens[stream.offset + i] += stream.tally.choice(i).tokens
+        return tokens
 
     def samples_aborted(self) -> int:
         return len(self.cancelled - self.finished)
@@ -352,6 +480,18 @@ class PoolSampler:
             body["messages"] = request.messages
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
+        plan = self._thinking_plan(pool, request, role, body)
+        # A raw prompt's text is the strategy's own to read (step-wise strategies): no split.
+        splits = [_split_for(pool, request.prompt is None) for _ in range(k)]
+        if plan is not None and plan.budget.tokens == 0 and not plan.native:
+            # No thinking at all: every sample starts where a cut one continues.
+            for split in splits:
+                split.cut = True
+            prompt = splits[0].prompt_after(await self.rendered(plan), plan.end_of_thinking)
+            for split in splits:
+                split.continue_answer()
+            body = _continuation_body(body, prompt, plan.continue_tokens)
+            endpoint, plan = "completions", None
         route = RouteRequest(body, self.ctx.session)  # the same prompt for every part
         parts: list[tuple[Worker | None, int]]
         separately = request.separate or not pool.config.supports_n
@@ -423,9 +563,101 @@ class PoolSampler:
                 stream.response.close()
                 stream.lease.release()
             raise
-        batch = UpstreamBatch(k, streams, self.guard, self.upstream)
+        batch = UpstreamBatch(
+            k, streams, self.guard, self.upstream, splits=splits, thinking=plan, sampler=self
+        )
         self.batches.append(batch)
         return batch
+
+    # -- thinking budgets ---------------------------------------------------------------------
+    def _thinking_plan(
+        self,
+        pool: WorkerPool,
+        request: SampleRequest,
+        role: RoleName | None,
+        body: dict[str, Any],
+    ) -> ThinkingPlan | None:
+        """Apply a chat request's thinking budget to the body of its first calls: the engine's
+        own control where the pool has one, else ``max_tokens`` at the budget (the gateway
+        continues what stops there, ``ThinkingPlan``)."""
+        budget = request.thinking
+        if budget is None or request.messages is None:
+            return None
+        reasoning = pool.config.reasoning
+        field = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+        client_max = body.get(field)
+        cap = client_max if isinstance(client_max, int) and client_max > 0 else None
+        plan = ThinkingPlan(
+            budget, request.messages, role, reasoning.end_of_thinking, continue_tokens=0
+        )
+        if reasoning.native_budget:
+            pool.adapter.limit_thinking(body, budget.tokens)
+            total = budget.tokens + budget.answer_tokens
+            body[field] = min(total, cap) if cap is not None else total
+            plan.native = True
+            return plan
+        if budget.tokens == 0:  # no thinking: the samples start with the answer (`start`)
+            plan.continue_tokens = min(budget.answer_tokens, cap or budget.answer_tokens)
+            return plan
+        if cap is not None and cap <= budget.tokens:
+            return None  # the client's max_tokens ends the sample first: nothing to cut
+        body[field] = budget.tokens
+        remaining = budget.answer_tokens if cap is None else cap - budget.tokens
+        plan.continue_tokens = min(budget.answer_tokens, remaining)
+        return plan
+
+    async def rendered(self, plan: ThinkingPlan) -> str:
+        """The batch's chat as its pool's engine renders it, asked once."""
+        if plan.rendered is None:
+            plan.rendered = asyncio.ensure_future(self.render_chat(plan.messages, plan.role))
+        return await asyncio.shield(plan.rendered)
+
+    async def open_continuation(
+        self, origin: _Stream, sample: int, prompt: str, max_tokens: int
+    ) -> _Stream:
+        """Continue one sample of ``origin`` with a raw completion of ``prompt`` on the same
+        worker (its prefix cache holds the chat and the thinking)."""
+        pool = origin.pool
+        body = _continuation_body(origin.body, prompt, max_tokens)
+        self._requests += 1
+        ctx = RequestContext(
+            request_id=f"{self.ctx.request_id}-{self._requests}",
+            endpoint="completions",
+            strategy=self.ctx.strategy,
+            arrived=self.ctx.arrived,
+            deadline_s=self.ctx.deadline_s,
+            client_deadline_ms=self.ctx.client_deadline_ms,
+            meter=self.ctx.meter,
+            cut_calls=self.ctx.cut_calls,
+            session=self.ctx.session,
+            workers=self.ctx.workers,
+            role=origin.ctx.role,
+        )
+        lease, response = await self.upstream.open(
+            pool, ctx, {**body, "n": 1}, prefer=origin.lease.worker
+        )
+        tally = StreamTally(pool.adapter)
+        return _Stream(
+            pool,
+            ctx,
+            lease,
+            response,
+            sample,
+            1,
+            tally,
+            body,
+            self.upstream.watch(lease.worker, ctx, tally),
+            self.upstream.price_of(pool.model),
+        )
+
+    def thinking(self) -> list[dict[str, Any]]:
+        """Every sample's thinking tokens and whether its thinking was cut at the budget."""
+        return [
+            {"thinking_tokens": split.thinking_tokens, "cut": split.cut}
+            for batch in self.batches
+            for split in batch.splits
+            if split.chat
+        ]
 
     async def close(self) -> None:
         """Abort whatever is still running (the strategy returned or was cancelled): every
@@ -436,9 +668,13 @@ class PoolSampler:
         await asyncio.gather(*(batch.account() for batch in self.batches))
 
     def usage(self) -> Usage:
-        return sum(
+        usage = sum(
             (stream.tally.usage() for batch in self.batches for stream in batch.streams), Usage()
         )
+        thought = [split for batch in self.batches for split in batch.splits]
+        if any(split.thinking_tokens for split in thought):
+            usage.reasoning_tokens = sum(split.thinking_tokens for split in thought)
+        return usage
 
     def placement(self) -> list[dict[str, Any]]:
         """Each upstream request: its worker and how many samples it carried."""
@@ -467,13 +703,11 @@ class PoolSampler:
         finished: list[int] = []
         aborted: list[int] = []
         for batch in self.batches:
-            for stream in batch.streams:
-                for i in range(stream.count):
-                    sample, tokens = stream.offset + i, stream.tally.choice(i).tokens
-                    if sample in batch.cancelled and sample not in batch.finished:
-                        aborted.append(tokens)
-                    elif sample in batch.finished and sample not in batch.failed:
-                        finished.append(tokens)
+            for sample, tokens in enumerate(batch.sample_tokens()):
+                if sample in batch.cancelled and sample not in batch.finished:
+                    aborted.append(tokens)
+                elif sample in batch.finished and sample not in batch.failed:
+                    finished.append(tokens)
         if not finished or not aborted:
             return 0
         expected = sum(finished) / len(finished)
@@ -483,11 +717,30 @@ class PoolSampler:
 
     def sample_tokens(self) -> list[int]:
         """Completion tokens of every sample of every batch, in launch order."""
-        tokens: list[int] = []
-        for batch in self.batches:
-            for stream in batch.streams:
-                tokens += [stream.tally.choice(i).tokens for i in range(stream.count)]
-        return tokens
+        return [tokens for batch in self.batches for tokens in batch.sample_tokens()]
+
+
+def _split_for(pool: WorkerPool, chat: bool) -> ThinkingSplit:
+    reasoning = pool.config.reasoning
+    mode = reasoning.thinking if chat else "none"
+    return ThinkingSplit(mode, reasoning.open_tag, reasoning.close_tag, chat=chat)
+
+
+def _continuation_body(body: dict[str, Any], prompt: str, max_tokens: int) -> dict[str, Any]:
+    """A raw completion's body with the chat body's sampling parameters (log-probs as the
+    completions API asks for them)."""
+    out = {k: v for k, v in body.items() if k not in _CHAT_ONLY_FIELDS}
+    if body.get("logprobs"):
+        out["logprobs"] = int(body.get("top_logprobs") or 1)
+    out.update(prompt=prompt, max_tokens=max_tokens)
+    return out
+
+
+def _unfinished_copy(delta: SampleDelta) -> SampleDelta:
+    """``delta`` without its finish: the sample goes on in another call."""
+    made = _new_object(SampleDelta)
+    made.__dict__.update(delta.__dict__, finish_reason=None, eos=None)
+    return made
 
 
 def _samples_per_request(pool: WorkerPool) -> int:
@@ -504,24 +757,33 @@ _new_object = object.__new__
 _NO_LOGPROBS: tuple[tuple[float, ...], tuple[dict[str, float], ...]] = ((), ())
 
 
-def _sample_delta(offset: int, delta: ChoiceDelta, adapter: EngineAdapter) -> SampleDelta:
-    """The strategies' ``SampleDelta`` of one choice's delta, made as its ``__init__`` would
-    make it (the same fields, ``tests/unit/test_sampler_relay.py`` holds it to that) at a
-    third of the cost: a frozen dataclass's ``__init__`` sets each field through
-    ``object.__setattr__``, and one is made per streamed token."""
+def _sample_delta(
+    sample: int, delta: ChoiceDelta, adapter: EngineAdapter, split: ThinkingSplit
+) -> SampleDelta:
+    """The strategies' ``SampleDelta`` of one choice's delta (its text split into answer and
+    thinking by the sample's ``split``), made as its ``__init__`` would make it (the same
+    fields, ``tests/unit/test_sampler_relay.py`` holds it to that) at a third of the cost: a
+    frozen dataclass's ``__init__`` sets each field through ``object.__setattr__``, and one is
+    made per streamed token."""
     raw = delta.raw
     logprobs = raw.get("logprobs")
     values, tops = token_logprobs(logprobs) if logprobs else _NO_LOGPROBS
     finish = delta.finish_reason
+    chat = raw.get("delta")
+    thought = (chat.get("reasoning_content") or chat.get("reasoning") or "") if chat else ""
+    text, reasoning = split.feed(delta.text, thought, delta.tokens)
+    if finish is not None:
+        held_text, held_reasoning = split.flush()
+        text, reasoning = text + held_text, reasoning + held_reasoning
     made = _new_object(SampleDelta)
     made.__dict__.update(
-        sample=offset + delta.choice_index,
-        text=delta.text,
+        sample=sample,
+        text=text,
         tokens=delta.tokens,
         logprobs=values,
         top_logprobs=tops,
         finish_reason=finish,
         eos=adapter.ended_at_eos(raw) if finish == "stop" else None,
-        reasoning="",
+        reasoning=reasoning,
     )
     return made

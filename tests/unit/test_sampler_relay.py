@@ -18,6 +18,7 @@ from gateway.engines.adapters import OpenAIAdapter
 from gateway.engines.vllm import VllmAdapter
 from gateway.metering.meter import ModelPrice
 from gateway.openai.chunks import StreamTally
+from gateway.openai.thinking import ThinkingSplit
 from gateway.pipeline.sampler import BudgetGuard, UpstreamBatch, _sample_delta, _Stream
 from strategies.sampling import BudgetExhausted, SampleDelta
 
@@ -293,7 +294,10 @@ def test_a_relayed_delta_is_the_sample_delta_its_init_would_make() -> None:
     (chat,) = tally.observe(token(1, "ab", logprobs=chat_logprobs))
     (stop,) = tally.observe(token(0, "", "stop", stop_reason="###"))
     (text,) = tally.observe({"choices": [{"index": 2, "text": "a", "logprobs": text_logprobs}]})
-    made = [_sample_delta(4, d, VllmAdapter()) for d in (chat, stop, text)]  # stop_reason
+    made = [  # stop_reason: vLLM's
+        _sample_delta(4 + d.choice_index, d, VllmAdapter(), ThinkingSplit())
+        for d in (chat, stop, text)
+    ]
     assert made == [
         SampleDelta(5, "ab", 2, (-0.5, -1.5), ({"a": -0.5}, {})),
         SampleDelta(4, "", 0, finish_reason="stop", eos=False),
