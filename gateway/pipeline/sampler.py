@@ -140,6 +140,7 @@ class _Stream:
     broken: bool = False  # the worker failed it (nothing of its work is estimated)
     # Samples whose thinking this stream ended at the budget: another stream continues them.
     handed_off: set[int] = field(default_factory=set)
+    continuation: bool = False  # it continues its one sample after a thinking budget's cut
 
 
 @dataclass
@@ -326,8 +327,13 @@ class UpstreamBatch:
     ) -> None:
         """Open the sample's continuation and read it into the queue; if it cannot be opened,
         the sample has failed."""
-        stream: _Stream | None = None
         try:
+            # The origin's request ends first: llama.cpp frees the slot holding the sample's
+            # cache only then (a continuation sent earlier goes to another slot, uncached).
+            if origin.reader is not None:
+                await asyncio.wait({origin.reader})
+            if origin.tally.completed:  # its worker slot is free again: give it back now
+                await finish_even_if_cancelled(self._stop_then_account([origin]))
             rendered = await sampler.rendered(plan)
             split = self.splits[sample]
             prompt = split.prompt_after(rendered, plan.end_of_thinking)
@@ -494,7 +500,11 @@ class PoolSampler:
             endpoint, plan = "completions", None
         route = RouteRequest(body, self.ctx.session)  # the same prompt for every part
         parts: list[tuple[Worker | None, int]]
-        separately = request.separate or not pool.config.supports_n
+        # Under a thinking budget the gateway continues, each sample is its own request: its
+        # continuation then finds the sample's whole prefix cached on its engine slot (llama.cpp
+        # keeps the choices of one n>1 request in slots a later request does not match).
+        continued = plan is not None and not plan.native and plan.continue_tokens > 0
+        separately = request.separate or not pool.config.supports_n or continued
         if separately:
             parts = [(None, 1)] * k  # separate: each on the first one's worker while it has room
         elif sticky is not None:  # the sticky worker's prefix cache matters more
@@ -521,7 +531,7 @@ class PoolSampler:
                     role=role or "default",
                 )
                 prefer = self._sticky.get(sticky) if sticky else planned
-                if request.separate and streams and prefer is None:
+                if (request.separate or continued) and streams and prefer is None:
                     # its cache holds the prompt now (an engine without `n` keeps spreading
                     # its samples over the pool, for parallelism)
                     prefer = streams[0].lease.worker
@@ -648,6 +658,7 @@ class PoolSampler:
             body,
             self.upstream.watch(lease.worker, ctx, tally),
             self.upstream.price_of(pool.model),
+            continuation=True,
         )
 
     def thinking(self) -> list[dict[str, Any]]:
@@ -677,12 +688,24 @@ class PoolSampler:
         return usage
 
     def placement(self) -> list[dict[str, Any]]:
-        """Each upstream request: its worker and how many samples it carried."""
-        return [
-            {"worker": stream.lease.worker.name, "samples": stream.count}
-            for batch in self.batches
-            for stream in batch.streams
-        ]
+        """Each upstream request: its worker, how many samples it carried, its tokens (prompt,
+        cached, generated), and, for the continuation of a thinking cut at its budget, the
+        sample it continued (``continues``: its index in the batch)."""
+        placed = []
+        for batch in self.batches:
+            for stream in batch.streams:
+                usage = stream.tally.usage()
+                call = {
+                    "worker": stream.lease.worker.name,
+                    "samples": stream.count,
+                    "prompt_tokens": usage.prompt_tokens,
+                    "cached_tokens": usage.cached_tokens,
+                    "completion_tokens": usage.completion_tokens,
+                }
+                if stream.continuation:
+                    call["continues"] = stream.offset
+                placed.append(call)
+        return placed
 
     def sample_counts(self) -> dict[str, int]:
         launched = sum(b.k for b in self.batches)
