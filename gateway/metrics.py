@@ -89,7 +89,8 @@ class GatewayMetrics:
             "ttc_tokens",
             "Tokens of upstream calls, counted by the gateway, by kind: prompt, cached_prompt "
             "(part of prompt), completion (every sample, aborted ones included), wasted (part of "
-            "completion: generated after the strategy decided)",
+            "completion: generated after the strategy decided), thinking (part of completion: "
+            "reasoning models' thinking)",
             ["strategy", "model", "role", "kind"],
             registry=r,
         )
@@ -133,6 +134,13 @@ class GatewayMetrics:
             "and deepconf requests by why they stopped (stopped_consensus, stopped_k, "
             "stopped_budget_*), deepconf traces killed",
             ["strategy", "decision"],
+            registry=r,
+        )
+        self.thinking_cuts = Counter(
+            "ttc_thinking_cuts",
+            "Samples whose thinking the gateway ended at the request's thinking budget (each "
+            "then continued once with the end-of-thinking delimiter)",
+            ["strategy", "model"],
             registry=r,
         )
         self.early_stop_saved_tokens = Counter(

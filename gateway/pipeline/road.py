@@ -111,14 +111,16 @@ class Pipeline:
         origin = sampling.thinking_origin
         tokens = budgets.thinking_budget
         effort = body.get("reasoning_effort")
-        if tokens is None and effort is not None:
-            known = self.thinking.effort_budgets
+        known = self.thinking.effort_budgets
+        if effort is not None and known:  # an empty map passes the field through to engines
             if not isinstance(effort, str) or effort not in known:
                 raise invalid_request(
                     f"reasoning_effort must be one of {', '.join(sorted(known))}, got {effort!r}",
                     param="reasoning_effort",
                 )
-            tokens, origin = known[effort], "reasoning_effort"
+            del body["reasoning_effort"]  # the gateway's budget, not the engine's own control
+            if tokens is None:
+                tokens, origin = known[effort], "reasoning_effort"
         if tokens is None:
             if budgets.answer_budget is not None:
                 raise invalid_request(

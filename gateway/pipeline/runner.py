@@ -186,6 +186,11 @@ class StrategyRunner:
         m.time_to_decision.labels(strategy, model).observe(report["time_to_decision_ms"] / 1000)
         self._count_samples(strategy, report["samples"])
         m.tokens.labels(strategy, model, "default", "wasted").inc(report["wasted_tokens"])
+        thinking = report["thinking"]["samples"]
+        m.tokens.labels(strategy, model, "default", "thinking").inc(
+            sum(sample["thinking_tokens"] for sample in thinking)
+        )
+        m.thinking_cuts.labels(strategy, model).inc(sum(sample["cut"] for sample in thinking))
         decisions = report.get("decisions") or {}
         if "agreement" in decisions and report["votes"]:
             m.vote_agreement.labels(strategy).observe(decisions["agreement"])
