@@ -9,6 +9,11 @@ Chat-template rendering, for strategies that continue raw prompts: llama.cpp's
 ``POST /apply-template`` and vLLM's ``POST /tokenize`` (with ``messages``) + ``/detokenize``,
 both with the trivial template ``render_template`` (vLLM "tokens" are the text's code points).
 
+Prompts are counted and prefix-cached as words (``_words``: whitespace-separated, ``<think>`` and
+``</think>`` always words of their own). A chat request also leaves its rendered prompt followed
+by each choice's generated text in the prefix cache, as an engine keeps the blocks it computed,
+so a raw-prompt continuation of a chat answer finds them.
+
 Generation is scheduled, not simulated: each choice's tokens get emission times from its
 ``SampleScript`` (first-token delay, per-token delay), and the events of all choices are sent in
 time order, so choices interleave as they do on a real engine. A client disconnect cancels the
@@ -29,7 +34,7 @@ from typing import Any
 import orjson
 
 from gateway.http.streaming import wait_for_disconnect
-from tests.standin.script import SampleScript, Script, split_tokens
+from tests.standin.script import THINK_CLOSE, THINK_OPEN, SampleScript, Script, split_tokens
 from tests.standin.wire import FLAVORS, EngineCounters, Flavor, render_metrics
 
 Scope = dict[str, Any]
@@ -38,6 +43,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 PREFIX_BLOCK_TOKENS = 16
+REASONING = "reasoning"  # the kind of a token that a reasoning parser moves out of the content
+CONTENT = "content"
 DEFAULT_MODEL = "standin-model"
 
 
@@ -72,6 +79,7 @@ class _Sample:
     index: int
     tokens: list[str]
     deltas: list[str]  # visible text each token adds (stop strings are cut)
+    kinds: list[str]  # REASONING or CONTENT, per token
     times: list[float]
     logprobs: list[float]
     finish_reason: str
@@ -79,7 +87,14 @@ class _Sample:
 
     @property
     def text(self) -> str:
-        return "".join(self.deltas)
+        return self._visible(CONTENT)
+
+    @property
+    def reasoning(self) -> str:
+        return self._visible(REASONING)
+
+    def _visible(self, kind: str) -> str:
+        return "".join(d for d, k in zip(self.deltas, self.kinds, strict=True) if k == kind)
 
     @property
     def end_time(self) -> float:
@@ -100,6 +115,8 @@ class _Plan:
     continuous_usage: bool
     logprobs: int | None  # None: not asked; else how many top alternatives
     chat_logprobs: bool = False
+    reasoning: str = "none"  # the script's reasoning mode
+    reasoning_field: str = "reasoning_content"  # where REASONING tokens go in chat
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -259,7 +276,7 @@ class StandinEngine:
             await self._error(send, 400, "'messages' is required")
             return
         generation = path == "/apply-template" or bool(body.get("add_generation_prompt", True))
-        prompt = render_template(messages, generation)
+        prompt = render_template(messages, generation, think_opened=self._think_opened())
         if path == "/apply-template":
             await _send_json(send, 200, {"prompt": prompt})
         else:
@@ -365,7 +382,14 @@ class StandinEngine:
         n = body.get("n", 1)
         if not isinstance(n, int) or n < 1:
             return 400, "n must be at least 1"
+        budget = body.get("thinking_token_budget")  # vLLM's; other engines ignore the field
+        valid_budget = isinstance(budget, int) and not isinstance(budget, bool) and budget >= 0
+        if self.flavor.name == "vllm" and budget is not None and not valid_budget:
+            return 400, "thinking_token_budget must be a non-negative integer"
         return None
+
+    def _think_opened(self) -> bool:
+        return self.script.reasoning == "opened"
 
     async def _error(self, send: Send, status: int, message: str) -> None:
         await _send_json(send, status, self.flavor.error_body(status, message))
@@ -373,7 +397,9 @@ class StandinEngine:
     # -- planning -----------------------------------------------------------------------------
     def _plan(self, body: dict[str, Any], endpoint: str, rid: str, script: Script) -> _Plan:
         prompt_words = _prompt_words(body, endpoint)
-        prompt_tokens = len(prompt_words) + (4 * len(body["messages"]) if endpoint == "chat" else 0)
+        prompt_tokens = len(prompt_words)
+        if endpoint == "chat":
+            prompt_tokens += 4 * len(body["messages"]) + (script.reasoning == "opened")
         cached = self._prefix_lookup(prompt_words)
         options = body.get("stream_options") or {}
         if endpoint == "chat":
@@ -388,12 +414,21 @@ class StandinEngine:
             stops = [stops]
         n = int(body.get("n", 1))
         first = self.drawn if script.draw else 0
-        samples = [
-            _plan_sample(i, script.sample(first + i), prompt_words, max_tokens, stops)
-            for i in range(n)
-        ]
+        raw_prompt = None if endpoint == "chat" else _prompt_text(body["prompt"])
+        budget = body.get("thinking_token_budget") if self.flavor.name == "vllm" else None
+        samples = []
+        for i in range(n):
+            sample_script = script.sample(first + i)
+            source = _generation(
+                i, sample_script, script.reasoning, raw_prompt, prompt_words, budget
+            )
+            samples.append(_plan_sample(i, sample_script, source, max_tokens, stops))
         if script.draw:
             self.drawn += n
+        if endpoint == "chat":
+            rendered = render_template(body["messages"], True, think_opened=self._think_opened())
+            for sample in samples:
+                self._prefix_store(_words(rendered + _raw_text(sample, script.reasoning)))
         return _Plan(
             endpoint=endpoint,
             id=self.flavor.completion_id(endpoint, rid),
@@ -409,16 +444,15 @@ class StandinEngine:
             and bool(options.get("continuous_usage_stats")),
             logprobs=logprobs,
             chat_logprobs=endpoint == "chat" and logprobs is not None,
+            reasoning=script.reasoning,
+            reasoning_field=script.reasoning_field,
         )
 
     def _prefix_lookup(self, words: list[str]) -> int:
         """Tokens of the prompt found in the (never evicted) prefix cache; counts the query."""
         hits = 0
-        digest = hashlib.blake2b(digest_size=16)
         missed = False
-        for start in range(0, len(words) - len(words) % PREFIX_BLOCK_TOKENS, PREFIX_BLOCK_TOKENS):
-            digest.update("\x00".join(words[start : start + PREFIX_BLOCK_TOKENS]).encode())
-            key = digest.digest()
+        for key in _block_keys(words):
             if not missed and key in self._prefix_blocks:
                 hits += PREFIX_BLOCK_TOKENS
             else:
@@ -427,6 +461,10 @@ class StandinEngine:
         self.counters.prefix_queries += len(words)
         self.counters.prefix_hits += hits
         return hits
+
+    def _prefix_store(self, words: list[str]) -> None:
+        """Keep the full blocks of ``words`` (a prompt and what was generated after it)."""
+        self._prefix_blocks.update(_block_keys(words))
 
     # -- responding ---------------------------------------------------------------------------
     async def _respond(self, plan: _Plan, script: Script, running: _Running, send: Send) -> None:
@@ -520,7 +558,7 @@ class StandinEngine:
                 ) -> dict[str, Any]:
                     produced[sample.index] = k + 1
                     running.tokens += 1
-                    choice = self._stream_choice(plan, sample, sample.deltas[k], k)
+                    choice = self._stream_choice(plan, sample, sample.deltas[k], k, sample.kinds[k])
                     if finishing:
                         choice["finish_reason"] = sample.finish_reason
                         choice.update(self.flavor.choice_extras(sample.finish_reason, sample.stop))
@@ -577,13 +615,14 @@ class StandinEngine:
         return out
 
     def _stream_choice(
-        self, plan: _Plan, sample: _Sample, text: str | None, k: int | None
+        self, plan: _Plan, sample: _Sample, text: str | None, k: int | None, kind: str = CONTENT
     ) -> dict[str, Any]:
         logprobs = None
         if plan.logprobs is not None and k is not None:
             logprobs = self._logprobs(plan, sample, k, k + 1)
         if plan.endpoint == "chat":
-            delta: dict[str, Any] = {} if text is None else {"content": text}
+            key = plan.reasoning_field if kind == REASONING else "content"
+            delta: dict[str, Any] = {} if text is None else {key: text}
             choice: dict[str, Any] = {"index": sample.index, "delta": delta}
         else:
             choice = {"index": sample.index, "text": text or ""}
@@ -600,6 +639,9 @@ class StandinEngine:
             )
             if plan.endpoint == "chat":
                 message = {"role": "assistant", "content": s.text, **self.flavor.message_extras()}
+                if plan.reasoning == "field":  # a reasoning parser's split: missing parts null
+                    message["content"] = s.text or None
+                    message[plan.reasoning_field] = s.reasoning or None
                 choice: dict[str, Any] = {"index": s.index, "message": message}
             else:
                 choice = {"index": s.index, "text": s.text}
@@ -688,17 +730,43 @@ class StandinEngine:
 _RENDER_PATHS = {"llamacpp": ("/apply-template",), "vllm": ("/tokenize", "/detokenize")}
 
 
-def render_template(messages: list[Any], add_generation_prompt: bool) -> str:
-    """The stand-ins' chat template: ``<|role|>\ncontent\n`` per message."""
+def render_template(
+    messages: list[Any], add_generation_prompt: bool, *, think_opened: bool = False
+) -> str:
+    """The stand-ins' chat template: ``<|role|>\ncontent\n`` per message; a template that opens
+    the thinking (``think_opened``) ends its generation prompt with ``<think>\n``."""
     text = "".join(
         f"<|{m.get('role', 'user')}|>\n{m.get('content') or ''}\n"
         for m in messages
         if isinstance(m, dict)
     )
-    return text + ("<|assistant|>\n" if add_generation_prompt else "")
+    if not add_generation_prompt:
+        return text
+    return text + "<|assistant|>\n" + (THINK_OPEN + "\n" if think_opened else "")
 
 
 # -- planning helpers -------------------------------------------------------------------------
+def _words(text: str) -> list[str]:
+    """The stand-in's prompt tokens: whitespace-separated words, each thinking tag a word."""
+    for tag in (THINK_OPEN, THINK_CLOSE):
+        text = text.replace(tag, f" {tag} ")
+    return text.split()
+
+
+def _block_keys(words: list[str]) -> list[bytes]:
+    """One key per full block of ``words``, each covering the whole prefix up to its end."""
+    keys = []
+    digest = hashlib.blake2b(digest_size=16)
+    for start in range(0, len(words) - len(words) % PREFIX_BLOCK_TOKENS, PREFIX_BLOCK_TOKENS):
+        digest.update("\x00".join(words[start : start + PREFIX_BLOCK_TOKENS]).encode())
+        keys.append(digest.digest())
+    return keys
+
+
+def _prompt_text(prompt: Any) -> str:
+    return prompt if isinstance(prompt, str) else " ".join(map(str, prompt))
+
+
 def _prompt_words(body: dict[str, Any], endpoint: str) -> list[str]:
     if endpoint == "chat":
         parts = []
@@ -709,9 +777,8 @@ def _prompt_words(body: dict[str, Any], endpoint: str) -> list[str]:
             parts.append(str(content or ""))
         text = " ".join(parts)
     else:
-        prompt = body["prompt"]
-        text = prompt if isinstance(prompt, str) else " ".join(map(str, prompt))
-    return text.split()
+        text = _prompt_text(body["prompt"])
+    return _words(text)
 
 
 def _default_tokens(index: int, prompt_words: list[str]) -> list[str]:
@@ -719,16 +786,71 @@ def _default_tokens(index: int, prompt_words: list[str]) -> list[str]:
     return ["Sample", f" {index}", ":", *(" " + w for w in prompt_words[-4:])]
 
 
+def _generation(
+    index: int,
+    script: SampleScript,
+    reasoning: str,
+    raw_prompt: str | None,
+    prompt_words: list[str],
+    thinking_budget: int | None,
+) -> list[tuple[str, str]]:
+    """Every token the model would write for one choice, with its kind, before ``max_tokens``
+    and stop strings. ``raw_prompt``: a text completion's prompt (None for chat), which the
+    model continues from where it stops: after ``</think>`` only the answer is left."""
+    answer = script.tokens()
+    if answer is None:
+        answer = _default_tokens(index, prompt_words)
+    content = [(tok, CONTENT) for tok in answer]
+    if reasoning == "none":
+        return content
+    thinking = script.thinking_tokens()
+    writes_open_tag = reasoning != "opened"
+    if raw_prompt is not None:
+        opened_at = raw_prompt.rfind(THINK_OPEN)
+        if THINK_CLOSE in raw_prompt[max(opened_at, 0) :]:
+            return content
+        if opened_at >= 0:
+            written = raw_prompt[opened_at + len(THINK_OPEN) :]
+            thinking = thinking[_thought_already(written, thinking) :]
+            writes_open_tag = False
+    if thinking_budget is not None:
+        thinking = thinking[:thinking_budget]
+    if reasoning == "field" and raw_prompt is None:  # the parser drops the tags
+        return [(tok, REASONING) for tok in thinking] + content
+    tags_around = [*([THINK_OPEN] if writes_open_tag else []), *thinking, THINK_CLOSE, "\n\n"]
+    return [(tok, CONTENT) for tok in tags_around] + content
+
+
+def _thought_already(written: str, thinking: list[str]) -> int:
+    """How many of the leading ``thinking`` tokens the prompt already holds after ``<think>``."""
+    written = written.lstrip()
+    done, text = 0, ""
+    for tok in thinking:
+        text += tok
+        if not written.startswith(text.lstrip()):
+            break
+        done += 1
+    return done
+
+
+def _raw_text(sample: _Sample, reasoning: str) -> str:
+    """What the model wrote, as its engine keeps it (a parser's tags put back)."""
+    if reasoning != "field":
+        return "".join(sample.tokens)
+    thought = [t for t, kind in zip(sample.tokens, sample.kinds, strict=True) if kind == REASONING]
+    answer = [t for t, kind in zip(sample.tokens, sample.kinds, strict=True) if kind == CONTENT]
+    closing = THINK_CLOSE + "\n\n" if answer else ""
+    return THINK_OPEN + "".join(thought) + closing + "".join(answer)
+
+
 def _plan_sample(
     index: int,
     script: SampleScript,
-    prompt_words: list[str],
+    source_kinds: list[tuple[str, str]],
     max_tokens: int | None,
     stops: list[str],
 ) -> _Sample:
-    source = script.tokens()
-    if source is None:
-        source = _default_tokens(index, prompt_words)
+    source = [tok for tok, _ in source_kinds]
     generated: list[str] = []
     visible_len: int | None = None
     stop: str | None = None
@@ -758,7 +880,8 @@ def _plan_sample(
     times = [first + k * script.token_delay_s for k in range(len(generated))]
     pattern = script.logprobs or [-0.05 * (1 + k % 4) for k in range(len(generated))]
     logprobs = [pattern[k % len(pattern)] for k in range(len(generated))] if pattern else []
-    return _Sample(index, generated, deltas, times, logprobs, finish, stop)
+    kinds = [kind for _, kind in source_kinds[: len(generated)]]
+    return _Sample(index, generated, deltas, kinds, times, logprobs, finish, stop)
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:

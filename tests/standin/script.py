@@ -13,6 +13,10 @@ from typing import Any
 
 _TOKEN = re.compile(r"\s*\S+|\s+")
 
+REASONING_MODES = ("none", "field", "tags", "opened")
+THINK_OPEN = "<think>"
+THINK_CLOSE = "</think>"
+
 
 def split_tokens(text: str) -> list[str]:
     """Split text into word tokens that keep their leading whitespace ("a b" -> "a", " b")."""
@@ -27,6 +31,8 @@ class SampleScript:
     default text derived from the prompt. ``finish_reason`` overrides the natural one
     ("stop" at the end of the text, "length" at ``max_tokens``). ``logprobs`` gives the
     chosen token's log-probability per token (default: a fixed deterministic pattern).
+    ``thinking`` (tokenised like ``text``) is what a reasoning model thinks before it answers
+    ``text``; only a ``Script`` with ``reasoning`` other than ``"none"`` produces it.
     """
 
     text: str | list[str] | None = None
@@ -34,13 +40,21 @@ class SampleScript:
     first_token_delay_s: float | None = None
     finish_reason: str | None = None
     logprobs: list[float] | None = None
+    thinking: str | list[str] | None = None
 
     def tokens(self) -> list[str] | None:
-        if self.text is None:
-            return None
-        if isinstance(self.text, str):
-            return split_tokens(self.text)
-        return list(self.text)
+        return _tokens_of(self.text)
+
+    def thinking_tokens(self) -> list[str]:
+        return _tokens_of(self.thinking) or []
+
+
+def _tokens_of(text: str | list[str] | None) -> list[str] | None:
+    if text is None:
+        return None
+    if isinstance(text, str):
+        return split_tokens(text)
+    return list(text)
 
 
 @dataclass
@@ -57,6 +71,22 @@ class Script:
     ``die_after_chunks`` (streams only: close the connection abruptly after that many SSE
     events; with ``die_cleanly`` end the HTTP body properly but without ``[DONE]``).
     ``health_status`` is what ``GET /health`` answers.
+
+    ``reasoning`` makes it a reasoning model, served one of three ways (every token, tags
+    included, counts in ``max_tokens``, usage and the engine's counters):
+
+    - ``"none"``: no thinking (a sample's ``thinking`` is ignored);
+    - ``"field"``: a reasoning parser splits the answer: chat sends the thinking as
+      ``delta.<reasoning_field>`` / ``message.<reasoning_field>``, the answer as content;
+    - ``"tags"``: the model writes ``<think>``, the thinking, ``</think>``, ``"\n\n"``, then
+      the answer, all in content (each tag one token);
+    - ``"opened"``: the chat template ends with ``<think>\n``, so the content starts with the
+      thinking, then ``</think>``, ``"\n\n"`` and the answer.
+
+    A raw prompt (``/v1/completions``) continues the text as written: with ``</think>`` after
+    its last ``<think>`` only the answer comes; with ``<think>`` still open the rest of the
+    thinking, ``</think>``, ``"\n\n"`` and the answer; without either tag, what a chat answer
+    would hold (``"field"`` writes its tags there, like ``"tags"``).
     """
 
     samples: list[SampleScript] = field(default_factory=list)
@@ -68,6 +98,12 @@ class Script:
     die_after_chunks: int | None = None
     die_cleanly: bool = False
     health_status: int = 200
+    reasoning: str = "none"
+    reasoning_field: str = "reasoning_content"
+
+    def __post_init__(self) -> None:
+        if self.reasoning not in REASONING_MODES:
+            raise ValueError(f"reasoning must be one of {REASONING_MODES}, not {self.reasoning!r}")
 
     @classmethod
     def text(cls, *texts: str | list[str], token_delay_s: float = 0.0) -> Script:
