@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import platform
 import random
@@ -44,11 +45,13 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import aiohttp
 import typer
+import yaml
 
 from gateway.bench.common import (
     HOST,
@@ -64,6 +67,7 @@ from gateway.bench.common import (
     settle,
     version,
 )
+from gateway.config import GatewaySettings
 from gateway.engines.embedded import free_port
 from strategies.answers import answer_key, gsm8k_gold, normalize_answer
 
@@ -79,6 +83,7 @@ OPTILLM = "optillm"
 OPTILLM_APPROACH = "majority_voting"
 OPTILLM_USER_PREFIX = "User: "  # optillm's parse_conversation: f"User: {content}"
 EARLY_STOP = ("first_finish", "short_m_at_k")
+DEFAULT_ANSWER_BUDGET = 128  # X-TTC-Answer-Budget of the --thinking-budget arms
 # Engine counters of generated tokens, by engine: llama.cpp server, vLLM.
 ENGINE_TOKEN_COUNTERS = ("llamacpp:tokens_predicted_total", "vllm:generation_tokens_total")
 
@@ -174,6 +179,11 @@ class Outcome:
     cost_usd: float | None = None  # ttc.cost_usd: price table + infrastructure
     energy_j: float | None = None  # ttc.energy_joules
     energy_method: str | None = None
+    # Reasoning: usage.completion_tokens_details.reasoning_tokens, and from ttc.thinking.samples
+    # how many samples it reports and how many of them the budget cut.
+    thinking_tokens: int = 0
+    thinking_samples: int = 0
+    cut: int = 0
     error: str | None = None
     anomalies: list[str] = field(default_factory=list)
 
@@ -202,9 +212,11 @@ def gateway_outcome(
     payload: Any,
     wall_ms: float,
     gold: str,
+    thinking_budget: int | None = None,
 ) -> Outcome:
     """Score a gateway reply and check it against the strategy contract (``ttc`` object,
-    ``usage`` = all samples, headers equal to the body); breaches are listed, not fatal."""
+    ``usage`` = all samples, headers equal to the body, thinking within the budget sent);
+    breaches are listed, not fatal."""
     if status != 200 or not isinstance(payload, dict):
         return Outcome(wall_ms, error=_error_text(status, payload))
     usage = payload.get("usage") or {}
@@ -213,6 +225,9 @@ def gateway_outcome(
         correct=is_correct(_content(payload), gold),
         completion_tokens=int(usage.get("completion_tokens") or 0),
         prompt_tokens=int(usage.get("prompt_tokens") or 0),
+        thinking_tokens=int(
+            (usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0
+        ),
     )
     anomalies = outcome.anomalies
     if headers.get("x-ttc-strategy") != strategy:
@@ -222,6 +237,8 @@ def gateway_outcome(
         outcome.cost_usd = float(ttc["cost_usd"])
         outcome.energy_j = float(ttc["energy_joules"])
         outcome.energy_method = (ttc.get("energy") or {}).get("method")
+    if isinstance(ttc, dict):
+        _check_thinking(outcome, ttc, thinking_budget)
     if not isinstance(ttc, dict) or strategy == "single":
         if not isinstance(ttc, dict):
             anomalies.append("no `ttc` object in the body")
@@ -250,6 +267,32 @@ def gateway_outcome(
     if outcome.wasted_tokens > outcome.completion_tokens:
         anomalies.append("ttc.wasted_tokens > usage.completion_tokens")
     return outcome
+
+
+def _check_thinking(outcome: Outcome, ttc: dict[str, Any], budget: int | None) -> None:
+    """Samples and cuts from ``ttc.thinking``, which must agree with ``usage``'s thinking
+    share and, under a budget, keep every sample's thinking within it (a cut one at exactly it)."""
+    thinking = ttc.get("thinking")
+    if not isinstance(thinking, dict) or not isinstance(thinking.get("samples"), list):
+        if budget is not None:
+            outcome.anomalies.append("no ttc.thinking.samples list under a thinking budget")
+        return
+    samples = [s for s in thinking["samples"] if isinstance(s, dict)]
+    tokens = [int(s.get("thinking_tokens") or 0) for s in samples]
+    cuts = [bool(s.get("cut")) for s in samples]
+    outcome.thinking_samples, outcome.cut = len(tokens), sum(cuts)
+    if sum(tokens) != outcome.thinking_tokens:
+        outcome.anomalies.append(
+            "usage reasoning_tokens != sum(ttc.thinking.samples[].thinking_tokens)"
+        )
+    if budget is None:
+        return
+    if thinking.get("budget") != budget:
+        outcome.anomalies.append(f"ttc.thinking.budget is {thinking.get('budget')!r}")
+    if any(t > budget for t in tokens):
+        outcome.anomalies.append("a sample thought more than the thinking budget")
+    if any(cut and t != budget for t, cut in zip(tokens, cuts, strict=True)):
+        outcome.anomalies.append("a cut sample's thinking is not exactly the budget")
 
 
 def optillm_outcome(status: int, payload: Any, wall_ms: float, gold: str, k: int) -> Outcome:
@@ -291,6 +334,18 @@ class Summary:
     anomalies: Counter[str] = field(default_factory=Counter)
     error_kinds: Counter[str] = field(default_factory=Counter)
     walls_ms: tuple[float | None, ...] = ()  # per problem, in order; None: the request failed
+    thinking_tokens: int = 0  # usage.completion_tokens_details.reasoning_tokens, summed
+    thinking_samples: int = 0  # samples listed in ttc.thinking.samples
+    cut: int = 0  # ... of which the thinking budget cut
+
+    @property
+    def wall_mean_ms(self) -> float | None:
+        walls = [w for w in self.walls_ms if w is not None]
+        return sum(walls) / len(walls) if walls else None
+
+    @property
+    def thinking_share(self) -> float | None:
+        return self.thinking_tokens / self.completion_tokens if self.completion_tokens else None
 
     @property
     def accuracy(self) -> float:
@@ -352,6 +407,9 @@ def summarize(
         anomalies=Counter(a for o in ok for a in o.anomalies),
         error_kinds=Counter(o.error for o in outcomes if o.error is not None),
         walls_ms=tuple(o.wall_ms if o.error is None else None for o in outcomes),
+        thinking_tokens=sum(o.thinking_tokens for o in ok),
+        thinking_samples=sum(o.thinking_samples for o in ok),
+        cut=sum(o.cut for o in ok),
     )
 
 
@@ -497,6 +555,116 @@ def render_table(rows: Sequence[Summary]) -> list[str]:
 
 def _money(value: float | None) -> str:
     return "-" if value is None else ("∞" if value == float("inf") else f"{value:.6f}")
+
+
+# -- the thinking-budget sweep -------------------------------------------------------------------
+@dataclass(frozen=True)
+class Arm:
+    """One strategy at one thinking budget: ``X-TTC-Thinking-Budget`` (None: not sent, the
+    strategy as it is, the arm the others are compared with)."""
+
+    strategy: str
+    thinking_budget: int | None = None
+
+    @property
+    def name(self) -> str:
+        if self.thinking_budget is None:
+            return self.strategy
+        return f"{self.strategy} t={self.thinking_budget}"
+
+
+def parse_budgets(text: str) -> tuple[int, ...]:
+    """``--thinking-budget 0,16,64`` -> (0, 16, 64): tokens of thinking per sample, each >= 0."""
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts:
+        raise typer.BadParameter("--thinking-budget: name at least one budget, e.g. 0,16,64")
+    try:
+        budgets = tuple(int(part) for part in parts)
+    except ValueError:
+        raise typer.BadParameter(
+            f"--thinking-budget {text!r}: expected whole numbers of tokens, e.g. 0,16,64"
+        ) from None
+    if any(b < 0 for b in budgets):
+        raise typer.BadParameter(f"--thinking-budget {text!r}: a budget is negative")
+    if len(set(budgets)) != len(budgets):
+        raise typer.BadParameter(f"--thinking-budget {text!r}: a budget is repeated")
+    return budgets
+
+
+def arm_list(strategies: Sequence[str], budgets: Sequence[int]) -> list[Arm]:
+    """Each strategy with no budget, then at each budget in the order given; without budgets,
+    one arm per strategy, named as the strategy (the benchmark as it was)."""
+    return [Arm(strategy, budget) for strategy in strategies for budget in (None, *budgets)]
+
+
+def _vs(value: float | None, base: float | None) -> str:
+    """``value`` / ``base`` as ``1.23x``; "-" when either is unknown or infinite (no correct
+    answer: the accuracy column says so) or the base is 0."""
+    if value is None or base is None or not base or math.inf in (value, base):
+        return "-"
+    return f"{value / base:.2f}x"
+
+
+def render_sweep_table(arms: Sequence[Arm], rows: dict[str, Summary]) -> list[str]:
+    """Per strategy and thinking budget, side by side: accuracy, tokens and their thinking
+    share, samples cut at the budget, wall time, cost, and each against the same strategy's
+    arm with no budget."""
+    lines = [
+        "| strategy | thinking budget | accuracy | completion tokens | thinking tokens (share) "
+        "| samples cut | wall p50 ms | wall mean ms | cost $ | $ per correct "
+        "| tokens vs no budget | wall p50 vs | wall mean vs | cost vs | $ per correct vs |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for arm in arms:
+        s = rows.get(arm.name)
+        if s is None:
+            continue
+        base = rows.get(Arm(arm.strategy).name)
+        share = s.thinking_share
+        cut = f"{s.cut}/{s.thinking_samples}" if s.thinking_samples else "-"
+        budget = "none" if arm.thinking_budget is None else f"{arm.thinking_budget:,}"
+        lines.append(
+            f"| {arm.strategy} | {budget} | {s.correct}/{s.problems} ({s.accuracy:.0%}) "
+            f"| {s.completion_tokens:,} | {s.thinking_tokens:,}"
+            f"{'' if share is None else f' ({share:.0%})'} | {cut} "
+            f"| {_num(s.wall_p50_ms)} | {_num(s.wall_mean_ms)} | {_money(s.cost_usd)} "
+            f"| {_money(s.cost_per_correct)} "
+            + (
+                "| - | - | - | - | - |"
+                if base is None
+                else f"| {_vs(s.completion_tokens, base.completion_tokens)} "
+                f"| {_vs(s.wall_p50_ms, base.wall_p50_ms)} "
+                f"| {_vs(s.wall_mean_ms, base.wall_mean_ms)} "
+                f"| {_vs(s.cost_usd, base.cost_usd)} "
+                f"| {_vs(s.cost_per_correct, base.cost_per_correct)} |"
+            )
+        )
+    return lines
+
+
+def sweep_checks(arms: Sequence[Arm], rows: dict[str, Summary]) -> list[str]:
+    """Whether each budget arm's figures reconcile: its thinking tokens within budget x
+    samples, at least budget x cut samples (a cut is at exactly the budget), and the engine's
+    own count of generated tokens next to the completion tokens of ``usage``."""
+    lines = []
+    for arm in arms:
+        s, t = rows.get(arm.name), arm.thinking_budget
+        if s is None or t is None:
+            continue
+        most, least = t * s.thinking_samples, t * s.cut
+        within = "ok" if least <= s.thinking_tokens <= most else "DOES NOT RECONCILE"
+        engine = (
+            ""
+            if s.engine_tokens is None
+            else f"; engine counted {s.engine_tokens:,} generated tokens, usage "
+            f"{s.completion_tokens:,} ({s.engine_tokens - s.completion_tokens:+,})"
+        )
+        lines.append(
+            f"- {arm.name}: thinking {s.thinking_tokens:,} tokens over {s.thinking_samples} "
+            f"samples, {s.cut} cut: {least:,} (t x cut) <= {s.thinking_tokens:,} <= {most:,} "
+            f"(t x samples) {within}{engine}"
+        )
+    return lines
 
 
 def _at_most(name: str, value: float | None, limit: float) -> Verdict:
@@ -685,6 +853,10 @@ class Sampling:
     temperature: float
     # (strategy, parameter, value) from --param, e.g. ("deepconf", "warmup", "4")
     params: tuple[tuple[str, str, str], ...] = ()
+    # --thinking-budget: each strategy also runs at each of these (its arms); and the answer
+    # budget those arms send
+    thinking_budgets: tuple[int, ...] = ()
+    answer_budget: int = DEFAULT_ANSWER_BUDGET
 
 
 def parse_param(text: str) -> tuple[str, str, str]:
@@ -696,8 +868,13 @@ def parse_param(text: str) -> tuple[str, str, str]:
     return strategy, name, value
 
 
-def _ttc_headers(strategy: str, parameters: set[str], sampling: Sampling) -> dict[str, str]:
+def _ttc_headers(
+    strategy: str, parameters: set[str], sampling: Sampling, thinking_budget: int | None = None
+) -> dict[str, str]:
     headers = {"X-TTC-Strategy": strategy}
+    if thinking_budget is not None:
+        headers["X-TTC-Thinking-Budget"] = str(thinking_budget)
+        headers["X-TTC-Answer-Budget"] = str(sampling.answer_budget)
     if "k" in parameters:
         headers["X-TTC-K"] = str(sampling.k)
     if "m" in parameters:
@@ -773,10 +950,11 @@ Ask = Callable[[Problem], Awaitable[Outcome]]
 
 
 def gateway_asker(
-    session: aiohttp.ClientSession, target: Target, strategy: str, sampling: Sampling
+    session: aiohttp.ClientSession, target: Target, arm: Arm, sampling: Sampling
 ) -> Ask:
-    """One problem as one chat request to the gateway with ``strategy``."""
-    headers = _ttc_headers(strategy, target.strategies[strategy], sampling)
+    """One problem as one chat request to the gateway with the arm's strategy and budget."""
+    strategy, budget = arm.strategy, arm.thinking_budget
+    headers = _ttc_headers(strategy, target.strategies[strategy], sampling, budget)
     url = target.gateway_url + CHAT_PATH
 
     async def one(problem: Problem) -> Outcome:
@@ -787,7 +965,7 @@ def gateway_asker(
             "temperature": sampling.temperature,
         }
         status, got, payload, wall_ms = await _post(session, url, body, headers)
-        return gateway_outcome(strategy, status, got, payload, wall_ms, problem.gold)
+        return gateway_outcome(strategy, status, got, payload, wall_ms, problem.gold, budget)
 
     return one
 
@@ -929,6 +1107,26 @@ async def measure_fastest_sample(
 
 
 # -- child processes ----------------------------------------------------------------------------
+class Thinking(StrEnum):
+    """``--reasoning``: the values of ``pools[].reasoning.thinking``."""
+
+    AUTO = "auto"
+    OPENED = "opened"
+    NONE = "none"
+
+
+def gateway_config(thinking: Thinking) -> dict[str, Any]:
+    """The configuration of the gateway the benchmark starts with ``--reasoning``: the embedded
+    default (what it runs with no file) with its pools' ``reasoning.thinking`` set."""
+    default = GatewaySettings.model_fields["pools"].get_default(call_default_factory=True)
+    pools = []
+    for pool in default:
+        dumped = pool.model_dump(mode="json", exclude_none=True)
+        dumped["reasoning"]["thinking"] = thinking.value
+        pools.append(dumped)
+    return {"pools": pools}
+
+
 @dataclass
 class ChildService(Service):
     """A ``Service`` with environment variables removed and a working directory of its own
@@ -1030,6 +1228,29 @@ def strategies(
             "(repeat), e.g. --param deepconf.warmup=4"
         ),
     ] = None,
+    thinking_budget: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated thinking budgets, e.g. 0,16,64,256: every strategy also runs "
+            "at each, sent as X-TTC-Thinking-Budget, as arms of the same run"
+        ),
+    ] = None,
+    answer_budget: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=32_768,
+            help=f"X-TTC-Answer-Budget of the --thinking-budget arms (default "
+            f"{DEFAULT_ANSWER_BUDGET})",
+        ),
+    ] = None,
+    reasoning: Annotated[
+        Thinking | None,
+        typer.Option(
+            help="reasoning.thinking of the pool of the gateway the benchmark starts (opened: "
+            "all the model writes before </think> is thinking); ignored with --gateway-url",
+        ),
+    ] = None,
     output: Annotated[
         Path | None, typer.Option(help="Also write the report to this markdown file")
     ] = None,
@@ -1038,12 +1259,17 @@ def strategies(
     names = _strategy_list(strategy_names)
     if m > k:
         raise typer.BadParameter(f"--m {m} is larger than --k {k}")
+    budgets = parse_budgets(thinking_budget) if thinking_budget is not None else ()
+    if answer_budget is not None and not budgets:
+        raise typer.BadParameter("--answer-budget is sent only with --thinking-budget")
     sampling = Sampling(
         k=k,
         m=m,
         max_tokens=max_tokens,
         temperature=temperature,
         params=tuple(parse_param(p) for p in param or ()),
+        thinking_budgets=budgets,
+        answer_budget=answer_budget or DEFAULT_ANSWER_BUDGET,
     )
     run_bench(
         "strategies",
@@ -1057,6 +1283,7 @@ def strategies(
             model,
             optillm,
             optillm_venv,
+            reasoning,
         ),
         output,
     )
@@ -1072,6 +1299,7 @@ def _run(
     model: str | None,
     optillm: bool | None,
     optillm_venv: Path,
+    reasoning: Thinking | None = None,
 ) -> str:
     notes: list[str] = []
     load_before = os.getloadavg()[0]
@@ -1088,11 +1316,21 @@ def _run(
     with tempfile.TemporaryDirectory(prefix="ttc-bench-") as tmp, contextlib.ExitStack() as stack:
         work = Path(tmp)
         started_here = gateway_url is None
+        if reasoning is not None and not started_here:
+            notes.append(
+                f"--reasoning {reasoning.value} ignored: the gateway at {gateway_url} was given, "
+                "and its pools' reasoning.thinking is its own configuration's"
+            )
         if gateway_url is None:
             port = free_port()
+            argv = [sys.executable, "-m", "gateway", "serve", "--port", str(port)]
+            if reasoning is not None:
+                config = work / "gateway.yaml"
+                config.write_text(yaml.safe_dump(gateway_config(reasoning)))
+                argv += ["--config", str(config)]
             gateway = ChildService(
                 "ttc-gateway",
-                [sys.executable, "-m", "gateway", "serve", "--port", str(port)],
+                argv,
                 port,
                 "/ready",
                 work / "gateway.log",
@@ -1100,7 +1338,10 @@ def _run(
                 unset_prefixes=("TTC_",),
             )
             stack.callback(gateway.stop)
-            progress("starting ttc-gateway serve (embedded default) …")
+            progress(
+                "starting ttc-gateway serve (embedded default"
+                + (f", reasoning.thinking: {reasoning.value}) …" if reasoning else ") …")
+            )
             gateway.start()
             gateway.wait_ready(180)
             gateway_url = gateway.base_url
@@ -1150,7 +1391,14 @@ def _run(
                 f"{row.name}: contract breach in {count}/{row.problems} answers: {anomaly}"
             )
     lines_ratios, verdicts = ratios_and_targets(rows, fastest, sampling.k, sampling.m)
-    where = "started by the benchmark (embedded default, no config)" if started_here else "given"
+    where = (
+        "given"
+        if not started_here
+        else "started by the benchmark (embedded default, no config)"
+        if reasoning is None
+        else f"started by the benchmark (embedded default, pools' reasoning.thinking: "
+        f"{reasoning.value})"
+    )
     lines = [
         "# ttc-gateway strategies benchmark",
         "",
@@ -1167,6 +1415,12 @@ def _run(
         f"(first {len(problems)} problems); k={sampling.k}, m={sampling.m}, "
         f"max_tokens={sampling.max_tokens} per sample, temperature={sampling.temperature}, "
         + "".join(f"{t}.{n}={v}, " for t, n, v in sampling.params)
+        + (
+            f"thinking budgets {', '.join(map(str, sampling.thinking_budgets))} "
+            f"(X-TTC-Thinking-Budget; X-TTC-Answer-Budget {sampling.answer_budget}) besides none, "
+            if sampling.thinking_budgets
+            else ""
+        )
         + f"{concurrency} problem(s) in flight; per-request timeout {REQUEST_TIMEOUT_S:.0f} s; "
         + (
             "arms interleaved per problem (order rotated by one per problem)."
@@ -1186,6 +1440,7 @@ def _run(
         *(["", *(f"Note: {n}" for n in notes)] if notes else []),
         "",
         *render_table(list(rows.values())),
+        *(_sweep_section(names, sampling, rows, started_here) if sampling.thinking_budgets else []),
         "",
         "Ratios:",
         "",
@@ -1196,6 +1451,36 @@ def _run(
         *(v.line() for v in verdicts),
     ]
     return "\n".join(lines)
+
+
+def _sweep_section(
+    names: list[str], sampling: Sampling, rows: dict[str, Summary], embedded: bool
+) -> list[str]:
+    arms = arm_list(names, sampling.thinking_budgets)
+    return [
+        "",
+        "Thinking budgets: each strategy at each budget, against the same strategy with none "
+        "(thinking tokens: usage.completion_tokens_details.reasoning_tokens; samples cut: "
+        "ttc.thinking.samples[].cut over the samples it lists; ratios of totals, and of wall "
+        "p50 and mean):",
+        "",
+        *(
+            [
+                "On this model the sweep measures the mechanics (tokens, time, cost as the "
+                "budget moves), not a reasoning model's accuracy curve: SmolLM2-135M never "
+                "writes </think>, so what counts as its thinking is what the pool's "
+                "reasoning.thinking says.",
+                "",
+            ]
+            if embedded
+            else []
+        ),
+        *render_sweep_table(arms, rows),
+        "",
+        "Does each budget arm reconcile?",
+        "",
+        *sweep_checks(arms, rows),
+    ]
 
 
 async def _measure(
@@ -1240,7 +1525,10 @@ async def _measure(
             optillm_service = await _start_optillm(work, stack, target, optillm_venv)
         rows: dict[str, Summary] = {}
         if concurrency == 1:
-            arms = {name: gateway_asker(session, target, name, sampling) for name in runnable}
+            arms = {
+                arm.name: gateway_asker(session, target, arm, sampling)
+                for arm in arm_list(runnable, sampling.thinking_budgets)
+            }
             if optillm_service is not None:
                 arms[OPTILLM] = optillm_asker(
                     session, optillm_service.base_url, target.model, sampling
@@ -1249,11 +1537,12 @@ async def _measure(
             progress(f"{', '.join(arms)}: {len(problems)} problems, interleaved …")
             rows = await run_interleaved(session, arms, problems, target.engine_url)
         else:
-            for name in runnable:
+            for arm in arm_list(runnable, sampling.thinking_budgets):
+                name = arm.name
                 await asyncio.to_thread(settle)
                 progress(f"{name}: {len(problems)} problems …")
                 before = await _engine_tokens(session, target.engine_url)
-                one = gateway_asker(session, target, name, sampling)
+                one = gateway_asker(session, target, arm, sampling)
                 outcomes, elapsed = await _run_all(name, problems, concurrency, one)
                 after = await _engine_tokens(session, target.engine_url)
                 rows[name] = summarize(name, outcomes, elapsed, _difference(before, after))

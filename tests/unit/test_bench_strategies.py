@@ -10,17 +10,24 @@ from typing import Any
 
 import pytest
 import typer
+import yaml
 
 from gateway.bench.common import BenchError
 from gateway.bench.strategies import (
     DEFAULT_DATASET,
     OPTILLM,
+    Arm,
     FastestSample,
     Outcome,
     Problem,
+    Sampling,
     Summary,
+    Thinking,
+    _ttc_headers,
+    arm_list,
     build_messages,
     finish_reasons,
+    gateway_config,
     gateway_outcome,
     generated_tokens,
     gold_key,
@@ -29,11 +36,15 @@ from gateway.bench.strategies import (
     optillm_messages,
     optillm_outcome,
     paired_comparison,
+    parse_budgets,
     ratios_and_targets,
+    render_sweep_table,
     render_table,
     run_interleaved,
     summarize,
+    sweep_checks,
 )
+from gateway.config import GatewaySettings, load_settings
 
 
 def _write_jsonl(path: Path, records: list[Any]) -> Path:
@@ -454,3 +465,189 @@ def test_a_param_option_becomes_its_strategys_header_only() -> None:
     }
     with pytest.raises(typer.BadParameter, match=r"STRATEGY\.NAME=VALUE"):
         parse_param("warmup=4")
+
+
+# --- the thinking-budget sweep -----------------------------------------------------------------
+
+
+def test_thinking_budgets_parse_in_the_order_given() -> None:
+    assert parse_budgets("0,16, 64,256") == (0, 16, 64, 256)
+    assert parse_budgets("32") == (32,)
+    for text, message in [
+        ("", "name at least one budget"),
+        ("16,x", "whole numbers"),
+        ("16,-1", "negative"),
+        ("16,64,16", "repeated"),
+    ]:
+        with pytest.raises(typer.BadParameter, match=message):
+            parse_budgets(text)
+
+
+def test_each_strategy_runs_with_no_budget_then_at_each_budget() -> None:
+    arms = arm_list(["single", "majority_vote"], (0, 16))
+    assert [a.name for a in arms] == [
+        "single", "single t=0", "single t=16",
+        "majority_vote", "majority_vote t=0", "majority_vote t=16",
+    ]  # fmt: skip
+    assert arms[2] == Arm("single", 16)
+    # without a sweep: one arm per strategy, named as before
+    assert [a.name for a in arm_list(["single", "first_finish"], ())] == ["single", "first_finish"]
+
+
+def test_a_budget_arm_sends_its_budget_and_the_answer_budget() -> None:
+    sampling = Sampling(
+        k=4, m=3, max_tokens=256, temperature=0.7, thinking_budgets=(0, 16), answer_budget=64
+    )
+    assert _ttc_headers("majority_vote", {"k"}, sampling, 0) == {
+        "X-TTC-Strategy": "majority_vote",
+        "X-TTC-K": "4",
+        "X-TTC-Thinking-Budget": "0",
+        "X-TTC-Answer-Budget": "64",
+    }
+    assert _ttc_headers("majority_vote", {"k"}, sampling) == {
+        "X-TTC-Strategy": "majority_vote",
+        "X-TTC-K": "4",
+    }
+
+
+def _thinking_reply(samples: list[tuple[int, bool]], reasoning: int | None) -> dict[str, Any]:
+    body = _reply(
+        "The answer is 18.",
+        _ttc(
+            strategy="majority_vote",
+            samples={"launched": 2, "finished": 2, "aborted": 0, "failed": 0},
+            sample_tokens=[40, 40],
+            wasted_tokens=0,
+            thinking={
+                "budget": 16,
+                "answer_budget": 64,
+                "samples": [{"thinking_tokens": t, "cut": c} for t, c in samples],
+            },
+        ),
+        completion=80,
+    )
+    if reasoning is not None:
+        body["usage"]["completion_tokens_details"] = {"reasoning_tokens": reasoning}
+    return body
+
+
+def test_thinking_tokens_come_from_usage_and_cuts_from_the_thinking_report() -> None:
+    headers = {"x-ttc-strategy": "majority_vote", "x-ttc-wasted-tokens": "0"}
+    outcome = gateway_outcome(
+        "majority_vote", 200, headers, _thinking_reply([(16, True), (9, False)], 25), 9.0, "18",
+        thinking_budget=16,
+    )  # fmt: skip
+    assert (outcome.thinking_tokens, outcome.thinking_samples, outcome.cut) == (25, 2, 1)
+    assert outcome.anomalies == []
+
+
+def test_thinking_that_does_not_reconcile_is_a_breach() -> None:
+    headers = {"x-ttc-strategy": "majority_vote", "x-ttc-wasted-tokens": "0"}
+    outcome = gateway_outcome(
+        "majority_vote", 200, headers, _thinking_reply([(15, True), (20, False)], 30), 9.0, "18",
+        thinking_budget=16,
+    )  # fmt: skip
+    assert set(outcome.anomalies) == {
+        "usage reasoning_tokens != sum(ttc.thinking.samples[].thinking_tokens)",
+        "a sample thought more than the thinking budget",
+        "a cut sample's thinking is not exactly the budget",
+    }
+    other_budget = gateway_outcome(
+        "majority_vote", 200, headers, _thinking_reply([(0, False)], None), 9.0, "18",
+        thinking_budget=0,
+    )  # fmt: skip
+    assert other_budget.anomalies == ["ttc.thinking.budget is 16"]
+    # a reply with no thinking report under a budget
+    bare = gateway_outcome(
+        "majority_vote", 200, headers, _reply("x", _ttc(strategy="majority_vote")), 9.0, "1",
+        thinking_budget=16,
+    )  # fmt: skip
+    assert "no ttc.thinking.samples list under a thinking budget" in bare.anomalies
+
+
+def _arm_row(
+    name: str,
+    tokens: int,
+    thinking: int,
+    cut: int,
+    walls: tuple[float, ...],
+    cost: float,
+    correct: int = 1,
+    thinking_samples: int = 8,
+    engine: int | None = None,
+) -> Summary:
+    return replace(
+        _row(name, sorted(walls)[len(walls) // 2], tokens, correct=correct),
+        problems=len(walls),
+        walls_ms=walls,
+        thinking_tokens=thinking,
+        thinking_samples=thinking_samples,
+        cut=cut,
+        cost_usd=cost,
+        engine_tokens=engine,
+    )
+
+
+def test_the_sweep_table_puts_each_budget_beside_the_no_budget_arm() -> None:
+    arms = arm_list(["majority_vote"], (0, 16))
+    rows = {
+        "majority_vote": _arm_row("majority_vote", 1000, 1000, 0, (1000.0, 3000.0), 0.002, 2),
+        "majority_vote t=0": _arm_row("majority_vote t=0", 400, 0, 0, (500.0, 700.0), 0.001, 0),
+        "majority_vote t=16": _arm_row("majority_vote t=16", 600, 120, 6, (800.0, 1200.0), 0.0015),
+    }
+    header, rule, none, zero, sixteen = render_sweep_table(arms, rows)
+    assert header.startswith("| strategy | thinking budget | accuracy | completion tokens ")
+    assert rule.count("|") == header.count("|")
+    assert none == (
+        "| majority_vote | none | 2/2 (100%) | 1,000 | 1,000 (100%) | 0/8 | 3,000 | 2,000 "
+        "| 0.002000 | 0.001000 | 1.00x | 1.00x | 1.00x | 1.00x | 1.00x |"
+    )
+    # no correct answer: $ per correct is infinite and has no ratio
+    assert zero == (
+        "| majority_vote | 0 | 0/2 (0%) | 400 | 0 (0%) | 0/8 | 700 | 600 "
+        "| 0.001000 | ∞ | 0.40x | 0.23x | 0.30x | 0.50x | - |"
+    )
+    assert sixteen == (
+        "| majority_vote | 16 | 1/2 (50%) | 600 | 120 (20%) | 6/8 | 1,200 | 1,000 "
+        "| 0.001500 | 0.001500 | 0.60x | 0.40x | 0.50x | 0.75x | 1.50x |"
+    )
+
+
+def test_a_sweep_without_its_no_budget_row_has_no_ratios() -> None:
+    arms = [Arm("single", 16)]
+    rows = {"single t=16": _arm_row("single t=16", 100, 16, 1, (10.0,), 0.1, thinking_samples=1)}
+    [_, _, line] = render_sweep_table(arms, rows)
+    assert line.endswith(
+        "| 100 | 16 (16%) | 1/1 | 10 | 10 | 0.100000 | 0.100000 | - | - | - | - | - |"
+    )
+
+
+def test_sweep_checks_say_whether_thinking_fits_the_budget() -> None:
+    arms = arm_list(["majority_vote"], (16, 64))
+    rows = {
+        "majority_vote": _arm_row("majority_vote", 1000, 1000, 0, (1.0,), 0.0),
+        # 8 samples at t=16: at most 128 thinking tokens, at least 6 x 16 = 96 for the cut ones
+        "majority_vote t=16": _arm_row("majority_vote t=16", 600, 120, 6, (1.0,), 0.0, engine=600),
+        # 8 samples cut at t=64 must hold 512 thinking tokens, not 600
+        "majority_vote t=64": _arm_row("majority_vote t=64", 900, 600, 8, (1.0,), 0.0, engine=890),
+    }
+    assert sweep_checks(arms, rows) == [
+        "- majority_vote t=16: thinking 120 tokens over 8 samples, 6 cut: 96 (t x cut) <= 120 "
+        "<= 128 (t x samples) ok; engine counted 600 generated tokens, usage 600 (+0)",
+        "- majority_vote t=64: thinking 600 tokens over 8 samples, 8 cut: 512 (t x cut) <= 600 "
+        "<= 512 (t x samples) DOES NOT RECONCILE; engine counted 890 generated tokens, usage "
+        "900 (-10)",
+    ]
+
+
+def test_the_reasoning_option_changes_only_the_pools_thinking(tmp_path: Path) -> None:
+    config = gateway_config(Thinking.OPENED)
+    assert [p["reasoning"]["thinking"] for p in config["pools"]] == ["opened"]
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config))
+    loaded = load_settings(path)
+    default = GatewaySettings()
+    [pool], [default_pool] = loaded.pools, default.pools
+    assert pool.reasoning.thinking == "opened"
+    assert pool.model_copy(update={"reasoning": default_pool.reasoning}) == default_pool
+    assert loaded.model_copy(update={"pools": default.pools}) == default
