@@ -68,7 +68,7 @@ class OneShot:
 
 @dataclass
 class SequenceSampler:
-    script: list[tuple[RoleName, Reply]]
+    script: list[tuple[str, Reply]]  # (role, reply) per call, in order
     opener: str = ""
     budget_tokens: int | None = None  # the request's token total (BudgetExhausted past it)
     sent: list[Sent] = field(default_factory=list)
@@ -130,7 +130,7 @@ async def run_steps(
             messages=[{"role": "user", "content": "Q"}], params=body or {}, thinking=thinking
         ),
         params=spec.parse(params),
-        sampler=sampler,  # type: ignore[arg-type]
+        sampler=sampler,
         decided=lambda: None,
         on_text=on_text,
         on_reasoning=on_reasoning,

@@ -23,7 +23,7 @@ SMALL = "[user:small]Q[gen:small]<think>\n"
 LARGE = "[user:large]Q[gen:large]<think>\n"
 
 
-def glimpse(top: dict[str, float]) -> tuple[Any, Reply]:
+def glimpse(top: dict[str, float]) -> tuple[str, Reply]:
     return ("small", Reply("x", finish="length", top=top, count=1))
 
 
@@ -78,7 +78,7 @@ async def test_a_step_goes_to_the_large_model_iff_the_entropy_reaches_the_thresh
     assert h is not None
     sampler = SequenceSampler(
         [glimpse(top), (writer, Reply("boxed{7}", eos=True)), ("large", Reply("7"))]
-    )  # type: ignore[list-item]
+    )
     ran = await run_steps(SPEC, sampler, threshold=h + shift)
     assert ran.report["steps"][0]["by"] == writer
     assert ran.outcome.decisions == {

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from strategies import InvalidParameter
-from strategies.sampling import RoleName, ThinkingBudget
+from strategies.sampling import ThinkingBudget
 from strategies.speculative_thinking import RECAP_WORDS, SPEC, _grown, sentiment
 from tests.steps_scripted import Reply, SequenceSampler, run_steps
 
@@ -22,12 +22,12 @@ PROBE = {"max_tokens": 20, **SAMPLING}
 ANSWER = ("large", Reply("The answer is 7.", eos=True))
 
 
-def para(text: str, **kw: Any) -> tuple[RoleName, Reply]:
+def para(text: str, **kw: Any) -> tuple[str, Reply]:
     """The small model's text up to a paragraph break."""
     return ("small", Reply(text, **kw))
 
 
-def probe(role: RoleName, text: str) -> tuple[RoleName, Reply]:
+def probe(role: str, text: str) -> tuple[str, Reply]:
     return (role, Reply(text, finish="length"))
 
 
@@ -142,7 +142,7 @@ async def test_after_enough_negative_paragraphs_the_large_model_recaps_and_both_
     for i in range(6):  # the threshold grew from 1 to 6 negative paragraphs
         script += [*negative, para(f" D{i}.")]
     script += [("large", Reply(" Done.\n</think>")), ANSWER]  # recap 2
-    sampler = SequenceSampler(script)  # type: ignore[arg-type]
+    sampler = SequenceSampler(script)
     ran = await run_steps(SPEC, sampler, recap_after_negative=1, recap_tokens=190)
     calls = [(s.role, s.params["max_tokens"]) for s in sampler.sent]
     rounds = [("small", 20), ("large", 20), ("small", 1024)]
@@ -177,7 +177,7 @@ def test_the_recap_and_its_threshold_grow_to_their_ceilings() -> None:
     ],
 )  # fmt: skip
 async def test_the_thinking_stops_at_its_end_an_answer_or_eos(
-    script: list[tuple[RoleName, Reply]], stopped: str, reasoning: str
+    script: list[tuple[str, Reply]], stopped: str, reasoning: str
 ) -> None:
     sampler = SequenceSampler([*script, ANSWER])
     ran = await run_steps(SPEC, sampler)
