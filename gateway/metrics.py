@@ -130,7 +130,9 @@ class GatewayMetrics:
         self.strategy_decisions = Counter(
             "ttc_strategy_decisions",
             "What strategies decided, as each reports it: cascade requests accepted or "
-            "escalated; spec_reason draft steps accepted or rejected; adaptive_consistency "
+            "escalated; spec_reason draft steps accepted or rejected; glimp_router steps by "
+            "writer (small, large); speculative_thinking paragraphs by writer (small, large, "
+            "recap) and verify continuations; adaptive_consistency "
             "and deepconf requests by why they stopped (stopped_consensus, stopped_k, "
             "stopped_budget_*), deepconf traces killed",
             ["strategy", "decision"],

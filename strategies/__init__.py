@@ -12,9 +12,11 @@ from strategies import (
     cascade,
     deepconf,
     first_finish,
+    glimp_router,
     majority_vote,
     short_m_at_k,
     spec_reason,
+    speculative_thinking,
 )
 from strategies.base import (
     Budgets,
@@ -40,6 +42,8 @@ REGISTRY: dict[str, StrategySpec] = {
         spec_reason.SPEC,
         adaptive_consistency.SPEC,
         deepconf.SPEC,
+        glimp_router.SPEC,
+        speculative_thinking.SPEC,
     )
 }
 

@@ -16,7 +16,7 @@ writes the step itself only when the grade is below the threshold::
         an empty step where the engine does not say), s repeats the previous step,
         len(steps) == max_steps, or used >= token_budget
 
-Over the API every call is a raw ``/v1/completions`` on a
+Over the API (``strategies/steps.py``) every call is a raw ``/v1/completions`` on a
 prompt rendered once per role by that role's engine, so no chat template can drop or move the
 steps, and every call of a role stays on one worker (``sticky_key``) to hit its prefix cache:
 
@@ -32,7 +32,6 @@ The answer is the steps joined with ``"\\n\\n"`` (the answer-bearing step is the
 
 from __future__ import annotations
 
-from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,10 +44,19 @@ from strategies.base import (
     TokenBound,
 )
 from strategies.judging import expected_digit, sampled_digit
-from strategies.sampling import BudgetExhausted, RoleName, Sampler, SampleRequest
+from strategies.sampling import BudgetExhausted, RoleName, Sampler
+from strategies.steps import (
+    STEP_DELIMITER,
+    Call,
+    Prompts,
+    capped,
+    client_cap,
+    complete,
+    has_answer,
+    joined,
+    step_params,
+)
 
-STEP_DELIMITER = "\n\n"
-ANSWER_MARKERS = ("boxed", "Answer:", "ANSWER:", "The answer is", "####")
 VERIFY_QUESTION = (
     "Evaluate the last reasoning step solely based on factual correctness and logical validity. "
     "Ignore style, phrasing, or overall usefulness—only judge whether the step is objectively "
@@ -60,28 +68,6 @@ STICKY_KEY = "spec_reason"  # one key per role's pool: the sampler keys by (pool
 _STEPS_SLOT = "@@SPEC_REASON_STEPS@@"
 
 
-@dataclass
-class Call:
-    """What one single-sample completion produced."""
-
-    text: str = ""
-    tokens: int = 0
-    finish_reason: str | None = None
-    eos: bool | None = None
-    top_logprobs: dict[str, float] | None = None  # alternatives for the first token
-
-    @property
-    def failed(self) -> bool:
-        return self.finish_reason not in ("stop", "length")
-
-    @property
-    def ended(self) -> bool:
-        """The model stopped on its own: EOS where the engine says so, else an empty step."""
-        if self.finish_reason != "stop":
-            return False
-        return self.eos if self.eos is not None else not self.text.strip()
-
-
 def score(call: Call, method: str) -> float:
     """The verifier's grade: the sampled digit (``greedy``) or the expected digit under the
     renormalised top-k (``average``); 0 when there is no digit."""
@@ -91,37 +77,25 @@ def score(call: Call, method: str) -> float:
 
 
 @dataclass
-class Prompts:
-    """Each role's rendering of the chat, and LARGE's verifier prompt around a steps slot."""
+class Verifier:
+    """LARGE's verifier prompt, rendered once around a slot for the steps."""
 
-    small: str
-    large: str
-    verify_head: str | None  # None: the template altered the slot; render per step instead
-    verify_tail: str
+    head: str | None  # None: the template altered the slot; render per step instead
+    tail: str
     chat: list[dict[str, Any]]
 
     @classmethod
-    async def render(cls, sampler: Sampler, chat: list[dict[str, Any]]) -> Prompts:
-        small = await sampler.render_chat(chat, "small")
-        large = await sampler.render_chat(chat, "large")
+    async def render(cls, sampler: Sampler, chat: list[dict[str, Any]]) -> Verifier:
         verifier = await sampler.render_chat(_verifier_chat(chat, _STEPS_SLOT), "large")
         head, slot, tail = verifier.partition(_STEPS_SLOT)
         clean = bool(slot) and _STEPS_SLOT not in tail
-        return cls(small, large, head if clean else None, tail, chat)
+        return cls(head if clean else None, tail, chat)
 
-    def step(self, role: RoleName, steps: list[str]) -> str:
-        rendered = self.small if role == "small" else self.large
-        return rendered + (_joined(steps) if steps else "")
-
-    async def verify(self, sampler: Sampler, steps: list[str]) -> str:
-        if self.verify_head is not None:
-            return self.verify_head + _joined(steps) + self.verify_tail + SCORE_PREFIX
-        rendered = await sampler.render_chat(_verifier_chat(self.chat, _joined(steps)), "large")
+    async def prompt(self, sampler: Sampler, steps: list[str]) -> str:
+        if self.head is not None:
+            return self.head + joined(steps) + self.tail + SCORE_PREFIX
+        rendered = await sampler.render_chat(_verifier_chat(self.chat, joined(steps)), "large")
         return rendered + SCORE_PREFIX
-
-
-def _joined(steps: list[str]) -> str:
-    return STEP_DELIMITER.join(steps) + STEP_DELIMITER
 
 
 def _verifier_chat(chat: list[dict[str, Any]], steps_text: str) -> list[dict[str, Any]]:
@@ -131,26 +105,6 @@ def _verifier_chat(chat: list[dict[str, Any]], steps_text: str) -> list[dict[str
         {"role": "assistant", "content": steps_text},
         {"role": "user", "content": VERIFY_QUESTION},
     ]
-
-
-async def complete(sampler: Sampler, role: RoleName, prompt: str, params: dict[str, Any]) -> Call:
-    """One raw completion on ``role``'s pool, read to its end; its worker slot is given back."""
-    request = SampleRequest(prompt=prompt, params=params, sticky_key=STICKY_KEY)
-    batch = await sampler.start(request, 1, role)
-    call = Call()
-    try:
-        async with aclosing(batch.events()) as events:
-            async for delta in events:
-                call.text += delta.text
-                call.tokens += delta.tokens
-                if call.top_logprobs is None and delta.top_logprobs:
-                    call.top_logprobs = delta.top_logprobs[0]
-                if delta.finish_reason is not None:
-                    call.finish_reason = delta.finish_reason
-                    call.eos = delta.eos
-    finally:
-        await batch.cancel()  # finished: closes the stream and releases the worker slot
-    return call
 
 
 @dataclass
@@ -176,20 +130,19 @@ class Trace:
 async def run(task: StrategyTask) -> StrategyOutcome:
     p = task.params
     body = task.request.params
-    budget = p["token_budget"]
-    client_cap = body.get("max_completion_tokens") or body.get("max_tokens")
-    if isinstance(client_cap, int) and client_cap > 0:
-        budget = min(budget, client_cap)
-    step_params = {
-        "max_tokens": p["step_tokens"],
-        "temperature": _or(body.get("temperature"), 0.6),
-        "top_p": _or(body.get("top_p"), 0.95),
-        "stop": [STEP_DELIMITER],
-    }
+    thinking = task.request.thinking  # the steps are the thinking: its budget caps them
+    budget = capped(p["token_budget"], client_cap(body), thinking.tokens if thinking else None)
+    step = step_params(body, p["step_tokens"])
     score_params = {"max_tokens": 1, "temperature": 0.0, "logprobs": 10}
-    emit = getattr(task, "on_text", None)  # streams kept steps once the runner offers it
+    emit = task.on_text  # streams kept steps as they are kept
     sampler = task.sampler
-    prompts = await Prompts.render(sampler, list(task.request.messages or []))
+    chat = list(task.request.messages or [])
+    prompts = await Prompts.render(sampler, chat)
+    verifier_prompts = await Verifier.render(sampler, chat)
+
+    async def gen(role: RoleName, prompt: str, params: dict[str, Any]) -> Call:
+        return await complete(sampler, role, prompt, params, STICKY_KEY)
+
     trace = Trace()
     stopped = "max_steps"
     truncated = False
@@ -198,27 +151,24 @@ async def run(task: StrategyTask) -> StrategyOutcome:
             steps = trace.steps
             entry: dict[str, Any]
             if len(steps) < p["first_n_base"]:
-                kept = await complete(sampler, "large", prompts.step("large", steps), step_params)
+                kept = await gen("large", prompts.step("large", steps), step)
                 entry = {"by": "large", "score": None, "accepted": None}
             else:
-                draft = await complete(sampler, "small", prompts.step("small", steps), step_params)
+                draft = await gen("small", prompts.step("small", steps), step)
                 grade = 0.0
                 if not draft.failed:
-                    verifier = await complete(
-                        sampler,
+                    verifier = await gen(
                         "large",
-                        await prompts.verify(sampler, [*steps, draft.text]),
+                        await verifier_prompts.prompt(sampler, [*steps, draft.text]),
                         score_params,
                     )
                     grade = score(verifier, p["score_method"])
                 entry = {"by": "small", "score": round(grade, 4), "accepted": True}
                 kept = draft
                 if grade < p["threshold"]:
-                    kept = await complete(
-                        sampler, "large", prompts.step("large", steps), step_params
-                    )
+                    kept = await gen("large", prompts.step("large", steps), step)
                     entry.update(by="large", accepted=False, draft_tokens=draft.tokens)
-                elif "</think>" in kept.text and not _has_answer(kept.text):
+                elif "</think>" in kept.text and not has_answer(kept.text):
                     kept.text = kept.text.replace("</think>", "")
             if kept.failed:
                 stopped, truncated = "error", True
@@ -231,7 +181,7 @@ async def run(task: StrategyTask) -> StrategyOutcome:
             trace.report.append({**entry, "tokens": kept.tokens})
             if emit is not None:
                 await emit(kept.text if len(steps) == 1 else STEP_DELIMITER + kept.text)
-            if _has_answer(kept.text):
+            if has_answer(kept.text):
                 stopped = "answer"
             elif kept.ended:
                 stopped = "eos"
@@ -255,14 +205,6 @@ async def run(task: StrategyTask) -> StrategyOutcome:
         report=(summary := trace.summary(stopped)),
         decisions={"accepted": summary["accepted"], "rejected": summary["rejected"]},
     )
-
-
-def _has_answer(text: str) -> bool:
-    return any(marker in text for marker in ANSWER_MARKERS)
-
-
-def _or(value: Any, default: float) -> Any:
-    return default if value is None else value
 
 
 def worst_case(params: dict[str, Any], prompt_tokens: int, max_tokens: int) -> TokenBound:

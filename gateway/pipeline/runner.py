@@ -166,6 +166,7 @@ class StrategyRunner:
             "thinking": {
                 "budget": budgets.thinking_budget,
                 "answer_budget": budgets.answer_budget,
+                "enforced_by": self._budget_enforcer(budgets, model),
                 "samples": sampler.thinking(),
             },
             "early_stop_saved_tokens": sampler.tokens_saved_by_early_stop(
@@ -177,6 +178,14 @@ class StrategyRunner:
             report.update(await self.upstream.meter.report(ctx.meter))
         self._observe(spec.name, model, report, outcome)
         return StrategyResult(outcome, usage, report)
+
+    def _budget_enforcer(self, budgets: Budgets, model: str) -> str | None:
+        """Who ends thinking at the budget: "engine" (``reasoning.native_budget``), "gateway",
+        or None without a budget."""
+        if budgets.thinking_budget is None:
+            return None
+        native = self.pools.for_model(model).config.reasoning.native_budget
+        return "engine" if native else "gateway"
 
     def _observe(
         self, strategy: str, model: str, report: dict[str, Any], outcome: StrategyOutcome

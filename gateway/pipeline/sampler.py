@@ -663,12 +663,16 @@ class PoolSampler:
 
     def thinking(self) -> list[dict[str, Any]]:
         """Every sample's thinking tokens and whether its thinking was cut at the budget."""
-        return [
-            {"thinking_tokens": split.thinking_tokens, "cut": split.cut}
-            for batch in self.batches
-            for split in batch.splits
-            if split.chat
-        ]
+        reported = []
+        for batch in self.batches:
+            plan = batch.thinking
+            # the engine's own budget (vLLM): a sample that thought to the budget was cut there
+            native = plan.budget.tokens if plan is not None and plan.native else None
+            for split in batch.splits:
+                if split.chat:
+                    cut = split.cut or (native is not None and split.thinking_tokens >= native)
+                    reported.append({"thinking_tokens": split.thinking_tokens, "cut": cut})
+        return reported
 
     async def close(self) -> None:
         """Abort whatever is still running (the strategy returned or was cancelled): every

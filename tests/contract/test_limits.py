@@ -166,4 +166,6 @@ async def test_openapi_schema_documents_the_request_bodies() -> None:
         "spec_reason",
         "adaptive_consistency",
         "deepconf",
+        "glimp_router",
+        "speculative_thinking",
     ]

@@ -97,6 +97,7 @@ async def test_a_budget_cuts_thinking_at_t_and_continues_on_the_same_worker() ->
     assert report["thinking"] == {
         "budget": 12,
         "answer_budget": 6,
+        "enforced_by": "gateway",
         "samples": [{"thinking_tokens": 12, "cut": True}] * 2,
     }
     firsts = [c for c in calls if c.path == "/v1/chat/completions"]
@@ -235,7 +236,8 @@ async def test_vllm_native_budget_is_the_engines_and_nothing_is_continued() -> N
     assert sent[0][1]["thinking_token_budget"] == 3 and sent[0][1]["max_tokens"] == 13
     assert sent[1][1]["thinking_token_budget"] == 2 and sent[1][1]["max_tokens"] == 2 + 2048
     report = voted.json()["ttc"]
-    assert report["thinking"]["samples"] == [{"thinking_tokens": 3, "cut": False}] * 2
+    assert report["thinking"]["samples"] == [{"thinking_tokens": 3, "cut": True}] * 2
+    assert report["thinking"]["enforced_by"] == "engine"
     assert voted.json()["choices"][0]["message"]["content"] == "The answer is 4."
     # single stays the pass-through: the engine's own answer, its reasoning_content included
     assert single.json()["choices"][0]["message"]["reasoning_content"] == "t0 t1"
