@@ -653,6 +653,8 @@ def sweep_checks(arms: Sequence[Arm], rows: dict[str, Summary]) -> list[str]:
             continue
         most, least = t * s.thinking_samples, t * s.cut
         within = "ok" if least <= s.thinking_tokens <= most else "DOES NOT RECONCILE"
+        if not s.thinking_samples and not s.thinking_tokens:
+            within = "not checked: no thinking reported (no samples in ttc.thinking)"
         engine = (
             ""
             if s.engine_tokens is None

@@ -638,6 +638,12 @@ def test_sweep_checks_say_whether_thinking_fits_the_budget() -> None:
         "<= 512 (t x samples) DOES NOT RECONCILE; engine counted 890 generated tokens, usage "
         "900 (-10)",
     ]
+    # a strategy whose report lists no samples (step-wise ones) is not checked, not "ok"
+    silent = {"glimp_router t=64": _arm_row("glimp_router t=64", 300, 0, 0, (1.0,), 0.0, 0, 0)}
+    assert sweep_checks([Arm("glimp_router", 64)], silent) == [
+        "- glimp_router t=64: thinking 0 tokens over 0 samples, 0 cut: 0 (t x cut) <= 0 <= 0 "
+        "(t x samples) not checked: no thinking reported (no samples in ttc.thinking)"
+    ]
 
 
 def test_the_reasoning_option_changes_only_the_pools_thinking(tmp_path: Path) -> None:
