@@ -104,6 +104,7 @@ async def test_glimp_router_low_entropy_steps_stream_as_reasoning_then_the_large
     steps = decisions["steps"]
     assert [s["tokens"] for s in steps] == [2, 3] and decisions["answer_tokens"] == 4
     assert usage["completion_tokens"] == 1 + (2 + 1) + 1 + (3 + 1) + 4
+    assert usage["completion_tokens_details"] == {"reasoning_tokens": 2 + 3}  # the kept steps
     assert usage["completion_tokens"] == sum(report["sample_tokens"])
 
 

@@ -49,6 +49,8 @@ def check_billed(usage: Any, report: dict[str, Any]) -> None:
     seen = streamed(report["decisions"])
     assert usage.completion_tokens == sum(report["sample_tokens"])
     assert seen <= usage.completion_tokens <= seen + calls
+    # the kept steps are the thinking
+    assert usage.completion_tokens_details.reasoning_tokens == report["decisions"]["kept_tokens"]
 
 
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES))
