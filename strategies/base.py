@@ -151,6 +151,9 @@ class StrategyOutcome:
     decisions: dict[str, int] = field(default_factory=dict)
     # The winner's thinking (``message.reasoning_content``); "" when it did not think.
     reasoning: str = ""
+    # The tokens of that thinking, for a strategy that writes it from raw-prompt calls (the
+    # step-wise ones); None: the gateway counts the thinking of its chat samples itself.
+    thinking_tokens: int | None = None
 
 
 StrategyRun = Callable[[StrategyTask], Awaitable[StrategyOutcome]]

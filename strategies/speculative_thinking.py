@@ -233,6 +233,7 @@ async def run(task: StrategyTask) -> StrategyOutcome:
     return StrategyOutcome(
         content=content,
         reasoning=thinking.text,
+        thinking_tokens=thinking.tokens,
         finish_reason="stop" if answer is not None and answer.finish_reason == "stop" else "length",
         answer=extract_answer(content) if content else None,
         truncated=stopped == "error" or answer is None or answer.failed,

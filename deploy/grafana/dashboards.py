@@ -175,6 +175,31 @@ STRATEGIES = Dashboard(
             "Share of the small model's draft steps the large model accepted",
         ),
         Panel(
+            "Step routing: steps written by the large model",
+            {
+                "{{strategy}}": "sum by (strategy) (rate(ttc_strategy_decisions_total"
+                f'{{strategy=~"glimp_router|speculative_thinking",decision="large"}}{R})) '
+                "/ sum by (strategy) (rate(ttc_strategy_decisions_total"
+                f'{{strategy=~"glimp_router|speculative_thinking",decision=~"small|large"}}{R}))'
+            },
+            "percentunit",
+            "glimp_router: steps whose glimpse entropy reached the threshold; "
+            "speculative_thinking: paragraphs handed to the large model",
+        ),
+        Panel(
+            "Thinking: share of completion tokens, and samples cut at the budget",
+            {
+                "{{strategy}} thinking share": "sum by (strategy) "
+                f'(rate(ttc_tokens_total{{kind="thinking"}}{R})) / sum by (strategy) '
+                f'(rate(ttc_tokens_total{{kind="completion"}}{R}))',
+                "{{strategy}} cut share": f"sum by (strategy) (rate(ttc_thinking_cuts_total{R})) "
+                f'/ sum by (strategy) (rate(ttc_samples_total{{outcome="finished"}}{R}))',
+            },
+            "percentunit",
+            "Reasoning models: tokens spent thinking, and the samples whose thinking the "
+            "gateway ended at X-TTC-Thinking-Budget (then continued with the answer)",
+        ),
+        Panel(
             "Time to decision",
             quantiles("ttc_time_to_decision_seconds", "strategy"),
             "s",

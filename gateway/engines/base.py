@@ -26,6 +26,9 @@ class EngineAdapter:
     # False when the engine's `usage.completion_tokens` covers only some choices of an n>1
     # request, so the gateway must count tokens from the stream itself.
     usage_counts_all_choices: ClassVar[bool] = True
+    # True when a stream ends each choice with a usage chunk of its own, right after that
+    # choice's finish chunk (``StreamTally`` then bills each choice the engine's count).
+    usage_per_choice: ClassVar[bool] = False
     # Whether ``render_chat`` works (raw-prompt continuation: step-wise strategies, thinking
     # budgets the gateway enforces).
     renders_chat: ClassVar[bool] = False

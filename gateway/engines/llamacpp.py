@@ -13,8 +13,11 @@ from gateway.engines.base import EngineAdapter, RenderCall, text_field
 
 class LlamaCppAdapter(EngineAdapter):
     """llama.cpp server. With ``n > 1`` the prompt is prefilled once and shared by the
-    choices, but a stream ends with one usage chunk per choice (each repeating the prompt) and
-    ``usage.completion_tokens`` counts only one choice. Streams are asked for
+    choices, but a stream ends with one usage chunk per choice (each repeating the prompt), each
+    right after its choice's finish chunk, and ``usage.completion_tokens`` counts only one
+    choice. That count includes the end-of-sequence token, which is never streamed: each choice
+    is billed its own usage chunk's count (``usage_per_choice``), as ``tokens_predicted_total``
+    counts it. Streams are asked for
     ``timings_per_token``: every content chunk then carries ``prompt_n`` (prompt tokens
     evaluated) and ``cache_n`` (taken from the cache), so an aborted request's prompt is known
     exactly (``llamacpp:prompt_tokens_total`` and ``_cached_total`` count the same)."""
@@ -23,6 +26,7 @@ class LlamaCppAdapter(EngineAdapter):
     health_path = "/health"
     renders_chat = True
     usage_counts_all_choices = False
+    usage_per_choice = True
     metric_names: ClassVar[dict[str, str]] = {
         "llamacpp:requests_processing": "requests_running",
         "llamacpp:requests_deferred": "requests_waiting",

@@ -25,10 +25,20 @@ class ChoiceState:
     logprobs: list[Any] = field(default_factory=list)
     tool_calls: dict[int, dict[str, Any]] = field(default_factory=dict)
     role: str = "assistant"
+    # The engine's own count for this choice, where it reports one per choice (llama.cpp,
+    # which also counts the end-of-sequence token it does not stream).
+    reported_tokens: int | None = None
 
     @property
     def content(self) -> str:
         return "".join(self.text)
+
+    @property
+    def billed_tokens(self) -> int:
+        """What the choice generated: the tokens streamed, or the engine's count if higher."""
+        if self.reported_tokens is None or self.reported_tokens < self.tokens:
+            return self.tokens
+        return self.reported_tokens
 
 
 class ChoiceDelta(NamedTuple):
@@ -93,6 +103,8 @@ class StreamDialect(Protocol):
 
     @property
     def usage_counts_all_choices(self) -> bool: ...
+    @property
+    def usage_per_choice(self) -> bool: ...
     def chunk_prompt(self, chunk: dict[str, Any]) -> tuple[int, int] | None: ...
 
 
@@ -112,6 +124,9 @@ class StreamTally:
         # The prompt tokens counted by the gateway when the engine never said them (set by
         # whoever closes an aborted call; see ``needs_prompt_count``).
         self.counted_prompt_tokens: int | None = None
+        # Finished choices whose own usage chunk has not come yet (``usage_per_choice``).
+        self._awaiting_usage: list[ChoiceState] = []
+        self._usage_per_choice = dialect.usage_per_choice
 
     def choice(self, index: int) -> ChoiceState:
         state = self.choices.get(index)
@@ -177,13 +192,24 @@ class StreamTally:
             if finish:
                 state.finish_reason = finish
                 state.stop_reason = raw.get("stop_reason", raw.get("matched_stop"))
+                if self._usage_per_choice:
+                    self._awaiting_usage.append(state)
             if produced or finish:
                 deltas.append(ChoiceDelta(index, text, tokens, entries, finish, raw))
+        if usage and self._awaiting_usage:
+            self._per_choice_usage(usage)
         return deltas
+
+    def _per_choice_usage(self, usage: dict[str, Any]) -> None:
+        """An engine that ends each choice with a usage chunk of its own (llama.cpp, after the
+        choice's finish chunk): the first finished choice without one gets it."""
+        completion = usage.get("completion_tokens")
+        if isinstance(completion, int):
+            self._awaiting_usage.pop(0).reported_tokens = completion
 
     @property
     def counted_completion_tokens(self) -> int:
-        return sum(c.tokens for c in self.choices.values())
+        return sum(c.billed_tokens for c in self.choices.values())
 
     def _reported_prompt(self) -> tuple[int, int | None]:
         """(prompt tokens, cached ones) as the engine reported them; (0, None) if it did not.

@@ -140,6 +140,8 @@ class StrategyRunner:
         finally:  # counted to the end before the request is settled, even if cancelled
             await finish_even_if_cancelled(sampler.close())
         usage = sampler.usage()
+        if outcome.thinking_tokens is not None:  # a step-wise strategy's kept thinking
+            usage.reasoning_tokens = outcome.thinking_tokens
         counts = sampler.sample_counts()
         if counts["failed"] and not counts["finished"] and not outcome.truncated:
             # Nothing to answer from: the workers broke every sample (their tokens are
@@ -196,9 +198,10 @@ class StrategyRunner:
         self._count_samples(strategy, report["samples"])
         m.tokens.labels(strategy, model, "default", "wasted").inc(report["wasted_tokens"])
         thinking = report["thinking"]["samples"]
-        m.tokens.labels(strategy, model, "default", "thinking").inc(
-            sum(sample["thinking_tokens"] for sample in thinking)
-        )
+        thought = outcome.thinking_tokens
+        if thought is None:
+            thought = sum(sample["thinking_tokens"] for sample in thinking)
+        m.tokens.labels(strategy, model, "default", "thinking").inc(thought)
         m.thinking_cuts.labels(strategy, model).inc(sum(sample["cut"] for sample in thinking))
         decisions = report.get("decisions") or {}
         if "agreement" in decisions and report["votes"]:

@@ -426,7 +426,7 @@ class UpstreamBatch:
         tokens = [0] * self.k
         for stream in self.streams:
             for i in range(stream.count):
-                tokens[stream.offset + i] += stream.tally.choice(i).tokens
+                tokens[stream.offset + i] += stream.tally.choice(i).billed_tokens
         return tokens
 
     def samples_aborted(self) -> int:

@@ -99,11 +99,13 @@ async def test_glimp_router_low_entropy_steps_stream_as_reasoning_then_the_large
     (final,) = large_calls
     assert final["prompt"] == opened + "First add.\n\nThen done.\n</think>\n\n"
     assert final["max_tokens"] == 2048 and "stop" not in final
-    # 2 one-token glimpses, steps of 2 and 3 streamed tokens (llama.cpp sends no chunk for
-    # the cut "\n\n" token), an answer of 4
+    # 2 one-token glimpses, steps of 2 and 3 streamed tokens, each + the cut "\n\n" token
+    # llama.cpp sends no chunk for (its usage counts it: billed), an answer of 4
     steps = decisions["steps"]
     assert [s["tokens"] for s in steps] == [2, 3] and decisions["answer_tokens"] == 4
-    assert usage["completion_tokens"] == 1 + 2 + 1 + 3 + 4 == sum(report["sample_tokens"])
+    assert usage["completion_tokens"] == 1 + (2 + 1) + 1 + (3 + 1) + 4
+    assert usage["completion_tokens_details"] == {"reasoning_tokens": 2 + 3}  # the kept steps
+    assert usage["completion_tokens"] == sum(report["sample_tokens"])
 
 
 async def test_glimp_router_high_entropy_steps_go_to_the_large_model() -> None:
@@ -167,4 +169,5 @@ async def test_speculative_thinking_hands_a_negative_paragraph_to_the_large_mode
     assert final["prompt"] == opened + "First, 2 + 2.\n\nHold on, let me 2 + 2 is 4.\n</think>\n\n"
     # kept 4 + 4 + 5, SMALL's probe 3 (not kept), the answer 4
     assert [s["tokens"] for s in steps] == [4, 4 + 5] and steps[1]["probe_tokens"] == 3
-    assert usage["completion_tokens"] == 4 + 3 + 4 + 5 + 4 == sum(report["sample_tokens"])
+    # + the "\n\n" two paragraphs were cut at: generated, not streamed, billed (llama.cpp)
+    assert usage["completion_tokens"] == 4 + 3 + 4 + 5 + 4 + 2 == sum(report["sample_tokens"])

@@ -22,6 +22,7 @@ continuation, and the tests check that too.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -67,13 +68,21 @@ def sdk(reasoning_gateway: tuple[str, str | None]) -> openai.AsyncOpenAI:
 
 
 def generated(worker_url: str | None) -> float | None:
-    """llama.cpp's own count of the tokens it generated (None: not our worker)."""
+    """llama.cpp's own count of the tokens it generated (None: not our worker), once it is
+    idle (a sequence an earlier test aborted may still be counting its last decode step)."""
     if worker_url is None:
         return None
-    for line in httpx.get(worker_url + "/metrics", timeout=5).text.splitlines():
-        if line.startswith("llamacpp:tokens_predicted_total"):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError("llama.cpp exported no llamacpp:tokens_predicted_total")
+    deadline = time.monotonic() + 30
+    while True:
+        text = httpx.get(worker_url + "/metrics", timeout=5).text
+        metrics = {
+            line.split(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("llamacpp:")
+        }
+        if metrics.get("llamacpp:requests_processing") == 0 or time.monotonic() > deadline:
+            return metrics["llamacpp:tokens_predicted_total"]
+        time.sleep(0.05)
 
 
 def check_budget(report: dict[str, Any], usage: Any, budget: int, answer_budget: int) -> None:
