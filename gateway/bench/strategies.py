@@ -281,7 +281,8 @@ def _check_thinking(outcome: Outcome, ttc: dict[str, Any], budget: int | None) -
     tokens = [int(s.get("thinking_tokens") or 0) for s in samples]
     cuts = [bool(s.get("cut")) for s in samples]
     outcome.thinking_samples, outcome.cut = len(tokens), sum(cuts)
-    if sum(tokens) != outcome.thinking_tokens:
+    # A step-wise strategy lists no samples: its thinking is its kept steps, in usage only.
+    if samples and sum(tokens) != outcome.thinking_tokens:
         outcome.anomalies.append(
             "usage reasoning_tokens != sum(ttc.thinking.samples[].thinking_tokens)"
         )
@@ -651,10 +652,15 @@ def sweep_checks(arms: Sequence[Arm], rows: dict[str, Summary]) -> list[str]:
         s, t = rows.get(arm.name), arm.thinking_budget
         if s is None or t is None:
             continue
-        most, least = t * s.thinking_samples, t * s.cut
+        # Samples listed in ttc.thinking each think at most t; a step-wise strategy lists
+        # none, and its kept steps are at most t per request.
+        per, count = (
+            ("samples", s.thinking_samples)
+            if s.thinking_samples
+            else ("requests", s.problems - s.errors)
+        )
+        most, least = t * count, t * s.cut
         within = "ok" if least <= s.thinking_tokens <= most else "DOES NOT RECONCILE"
-        if not s.thinking_samples and not s.thinking_tokens:
-            within = "not checked: no thinking reported (no samples in ttc.thinking)"
         engine = (
             ""
             if s.engine_tokens is None
@@ -662,9 +668,9 @@ def sweep_checks(arms: Sequence[Arm], rows: dict[str, Summary]) -> list[str]:
             f"{s.completion_tokens:,} ({s.engine_tokens - s.completion_tokens:+,})"
         )
         lines.append(
-            f"- {arm.name}: thinking {s.thinking_tokens:,} tokens over {s.thinking_samples} "
-            f"samples, {s.cut} cut: {least:,} (t x cut) <= {s.thinking_tokens:,} <= {most:,} "
-            f"(t x samples) {within}{engine}"
+            f"- {arm.name}: thinking {s.thinking_tokens:,} tokens over {count} {per}, "
+            f"{s.cut} cut: {least:,} (t x cut) <= {s.thinking_tokens:,} <= {most:,} "
+            f"(t x {per}) {within}{engine}"
         )
     return lines
 

@@ -539,6 +539,12 @@ def test_thinking_tokens_come_from_usage_and_cuts_from_the_thinking_report() -> 
     )  # fmt: skip
     assert (outcome.thinking_tokens, outcome.thinking_samples, outcome.cut) == (25, 2, 1)
     assert outcome.anomalies == []
+    # a step-wise strategy: its kept steps in usage, no samples listed, nothing amiss
+    steps = gateway_outcome(
+        "majority_vote", 200, headers, _thinking_reply([], 40), 9.0, "18", thinking_budget=16
+    )
+    assert (steps.thinking_tokens, steps.thinking_samples, steps.cut) == (40, 0, 0)
+    assert steps.anomalies == []
 
 
 def test_thinking_that_does_not_reconcile_is_a_breach() -> None:
@@ -638,11 +644,11 @@ def test_sweep_checks_say_whether_thinking_fits_the_budget() -> None:
         "<= 512 (t x samples) DOES NOT RECONCILE; engine counted 890 generated tokens, usage "
         "900 (-10)",
     ]
-    # a strategy whose report lists no samples (step-wise ones) is not checked, not "ok"
-    silent = {"glimp_router t=64": _arm_row("glimp_router t=64", 300, 0, 0, (1.0,), 0.0, 0, 0)}
-    assert sweep_checks([Arm("glimp_router", 64)], silent) == [
-        "- glimp_router t=64: thinking 0 tokens over 0 samples, 0 cut: 0 (t x cut) <= 0 <= 0 "
-        "(t x samples) not checked: no thinking reported (no samples in ttc.thinking)"
+    # a step-wise strategy lists no samples: its kept steps are at most t per request
+    steps = {"glimp_router t=64": _arm_row("glimp_router t=64", 300, 150, 0, (1.0,) * 3, 0.0, 0, 0)}
+    assert sweep_checks([Arm("glimp_router", 64)], steps) == [
+        "- glimp_router t=64: thinking 150 tokens over 3 requests, 0 cut: 0 (t x cut) <= 150 "
+        "<= 192 (t x requests) ok"
     ]
 
 
