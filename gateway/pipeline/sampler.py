@@ -480,6 +480,8 @@ class PoolSampler:
         self.batches: list[UpstreamBatch] = []
         self._requests = 0
         self._sticky: dict[tuple[str, str], Worker] = {}  # (pool, sticky_key) -> worker
+        # Who ended thinking at the budget in this request's batches: "gateway", "engine".
+        self.budget_enforcers: set[str] = set()
 
     def _pool(self, role: RoleName | None) -> WorkerPool:
         if role is None:
@@ -628,6 +630,7 @@ class PoolSampler:
         plan = ThinkingPlan(
             budget, request.messages, role, reasoning.end_of_thinking, continue_tokens=0
         )
+        self.budget_enforcers.add("engine" if reasoning.native_budget else "gateway")
         if reasoning.native_budget:
             pool.adapter.limit_thinking(body, budget.tokens)
             total = budget.tokens + budget.answer_tokens

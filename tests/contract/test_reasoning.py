@@ -273,16 +273,30 @@ async def test_a_pool_that_cannot_render_refuses_a_gateway_budget_naming_the_fie
     assert sent == []  # nothing reached the engine
 
 
-async def test_single_under_a_budget_needs_n_1() -> None:
+async def test_what_a_gateway_budget_cannot_carry_is_refused_naming_the_field() -> None:
+    budget = {"X-TTC-Thinking-Budget": "8"}
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
     async with (
         serve_standin("vllm") as engine,
         serve_gateway(pool_for("vllm", engine.url)) as gw,
     ):
-        response = await gw.client.post(
-            "/v1/chat/completions", json=chat_body(n=2), headers={"X-TTC-Thinking-Budget": "8"}
+        n2 = await gw.client.post("/v1/chat/completions", json=chat_body(n=2), headers=budget)
+        tools = await gw.client.post(
+            "/v1/chat/completions", json=chat_body(tools=[tool]), headers=budget
         )
-    assert response.status_code == 400
-    assert response.json()["error"]["param"] == "n"
+        schema = await gw.client.post(
+            "/v1/chat/completions",
+            json=chat_body(response_format={"type": "json_object"}),
+            headers={**budget, "X-TTC-Strategy": "majority_vote"},
+        )
+        sent = [r for r in engine.engine.requests if r.path.startswith("/v1/")]
+    assert [r.status_code for r in (n2, tools, schema)] == [400, 400, 400]
+    assert [r.json()["error"]["param"] for r in (n2, tools, schema)] == [
+        "n",
+        "tools",
+        "response_format",
+    ]
+    assert sent == []
 
 
 # -- continuations and the strategy's own stops -------------------------------------------
