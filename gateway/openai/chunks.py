@@ -232,7 +232,9 @@ class StreamTally:
         A prompt the engine did not report is ``counted_prompt_tokens``, marked estimated."""
         engine = self.engine_usage or {}
         completion = self.counted_completion_tokens
-        trusted = self.completed and self._dialect.usage_counts_all_choices
+        # An engine whose usage counts every choice never counts more than it generated, even
+        # mid-stream (vLLM's continuous usage): its figure holds the tokens it did not stream.
+        trusted = self._dialect.usage_counts_all_choices
         if trusted and "completion_tokens" in engine:
             completion = max(completion, int(engine["completion_tokens"]))
         prompt, cached = self._reported_prompt()

@@ -44,6 +44,9 @@ class ThinkingSplit:
     parsed_by_engine: bool = False  # thinking came as reasoning deltas
     cut: bool = False  # its thinking was ended by the gateway at the budget
     chat: bool = True  # a chat sample (False: a raw prompt's, mode "none", not reported)
+    # It ended before its text showed whether it thinks (only whitespace or part of the
+    # opening tag): a cut then closes an empty thinking instead of continuing that text.
+    undecided: bool = False
     _held: str = ""  # content that may be the start of a tag
     _held_tokens: int = 0
     _trim: bool = False  # the answer has not begun since the thinking closed
@@ -71,6 +74,7 @@ class ThinkingSplit:
         before = self._state
         if reasoning:
             self.parsed_by_engine = True
+            self._trim = not self.answer  # the blank line engines put before the answer
             thinking_text = reasoning
         if content:
             self.generated.append(content)
@@ -106,6 +110,8 @@ class ThinkingSplit:
                 self.thinking.append(held)
             return "", held
         self.answer_tokens += tokens
+        if self._state == _START and self.generated and not self.parsed_by_engine:
+            self.undecided = True
         if held:
             self._state = _ANSWER
             self.answer.append(held)
@@ -150,12 +156,14 @@ class ThinkingSplit:
             text = opening + "".join(self.thinking)
             if not self.thinking_open:
                 text += end_of_thinking + "".join(self.answer)
-        elif not self.generated:  # the budget was 0: an empty thinking, closed at once
+        elif not self.generated or self.undecided:
+            # the budget was 0 (or ran out before the text said): an empty, closed thinking
             return rendered if self.mode == "none" else rendered + opening + end_of_thinking
         else:
             text = "".join(self.generated)
         if self.thinking_open:
-            text += end_of_thinking
+            keep = _partial_suffix(text, self.close_tag)  # cut inside the close tag
+            text = text[: len(text) - keep] + end_of_thinking
         return rendered + text
 
 

@@ -137,6 +137,14 @@ class Pipeline:
                 sampling.pool.adapter.limit_thinking(body, tokens)
                 limit_max_tokens(body, tokens + answer)
             return
+        for field in ("tools", "response_format"):
+            if body.get(field):
+                raise invalid_request(
+                    f"{field} cannot be combined with a thinking budget the gateway enforces: "
+                    "an answer continued after a cut is a raw completion, which carries no "
+                    f"{field} (use a pool with reasoning.native_budget, or no budget)",
+                    param=field,
+                )
         if not sampling.pool.adapter.renders_chat:
             raise invalid_request(
                 f"pool {sampling.pool.name!r} ({sampling.pool.config.engine.value}) cannot take "

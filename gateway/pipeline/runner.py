@@ -168,7 +168,11 @@ class StrategyRunner:
             "thinking": {
                 "budget": budgets.thinking_budget,
                 "answer_budget": budgets.answer_budget,
-                "enforced_by": self._budget_enforcer(budgets, model),
+                # the engine's own control, the gateway's cut, or both (roles on two pools);
+                # a step-wise strategy caps its own thinking: the gateway
+                "enforced_by": None
+                if budgets.thinking_budget is None
+                else ", ".join(sorted(sampler.budget_enforcers)) or "gateway",
                 "samples": sampler.thinking(),
             },
             "early_stop_saved_tokens": sampler.tokens_saved_by_early_stop(
@@ -180,14 +184,6 @@ class StrategyRunner:
             report.update(await self.upstream.meter.report(ctx.meter))
         self._observe(spec.name, model, report, outcome)
         return StrategyResult(outcome, usage, report)
-
-    def _budget_enforcer(self, budgets: Budgets, model: str) -> str | None:
-        """Who ends thinking at the budget: "engine" (``reasoning.native_budget``), "gateway",
-        or None without a budget."""
-        if budgets.thinking_budget is None:
-            return None
-        native = self.pools.for_model(model).config.reasoning.native_budget
-        return "engine" if native else "gateway"
 
     def _observe(
         self, strategy: str, model: str, report: dict[str, Any], outcome: StrategyOutcome

@@ -161,6 +161,9 @@ class ThinkingPlan:
 
 
 _END = object()
+# How long a stream whose samples have all finished may take to send its usage and [DONE]
+# before it is aborted (the engine's count of its last tokens comes with them).
+END_GRACE_S = 0.5
 _BUDGET_REACHED = object()  # a reader stopped at a budget: the strategy is told after its deltas
 
 
@@ -185,6 +188,7 @@ class UpstreamBatch:
     thinking: ThinkingPlan | None = None
     sampler: PoolSampler | None = None  # opens continuations (None: a batch never continued)
     continuing: dict[int, asyncio.Task[None]] = field(default_factory=dict)
+    stopping: bool = False  # the batch is being closed: no continuation is opened any more
 
     def __post_init__(self) -> None:
         if not self.splits:
@@ -293,6 +297,13 @@ class UpstreamBatch:
                     finished.add(delta.sample)
                 yield delta
 
+    def _all_done(self, stream: _Stream) -> bool:
+        """Every sample of the stream finished (none cancelled before it did)."""
+        samples = range(stream.offset, stream.offset + stream.count)
+        return all(
+            (s in self.finished and s not in self.failed) or s in stream.handed_off for s in samples
+        )
+
     def _unfinished(self, stream: _Stream) -> list[int]:
         if stream.closed:
             return []
@@ -310,13 +321,12 @@ class UpstreamBatch:
         plan = self.thinking
         if plan is None or plan.native or plan.continue_tokens <= 0:
             return False
-        if sample in self.continuing or self.sampler is None:
+        if sample in self.continuing or self.sampler is None or self.stopping:
             return False  # a continuation that stops at `length` has reached the answer budget
         origin = next(s for s in self.streams if s.offset <= sample < s.offset + s.count)
         origin.handed_off.add(sample)
         split = self.splits[sample]
-        split.flush()
-        split.cut = split.thinking_open
+        split.cut = split.thinking_open or split.undecided
         self.continuing[sample] = asyncio.create_task(
             self._run_continuation(sample, origin, self.sampler, plan)
         )
@@ -326,7 +336,10 @@ class UpstreamBatch:
         self, sample: int, origin: _Stream, sampler: PoolSampler, plan: ThinkingPlan
     ) -> None:
         """Open the sample's continuation and read it into the queue; if it cannot be opened,
-        the sample has failed."""
+        the sample has failed. Whatever happens, the queue gets the end of one stream (the
+        ``events`` loop counted this one in), and nothing is opened for a sample cancelled
+        meanwhile or a batch being stopped (``close``)."""
+        reading = False
         try:
             # The origin's request ends first: llama.cpp frees the slot holding the sample's
             # cache only then (a continuation sent earlier goes to another slot, uncached).
@@ -334,41 +347,45 @@ class UpstreamBatch:
                 await asyncio.wait({origin.reader})
             if origin.tally.completed:  # its worker slot is free again: give it back now
                 await finish_even_if_cancelled(self._stop_then_account([origin]))
-            rendered = await sampler.rendered(plan)
             split = self.splits[sample]
-            prompt = split.prompt_after(rendered, plan.end_of_thinking)
+            if split.cut and not split.answer:
+                # the whole first call was thinking: its tokens as the engine counted them
+                # (one streamed chunk may carry two tokens)
+                billed = origin.tally.choice(sample - origin.offset).billed_tokens
+                split.thinking_tokens = max(split.thinking_tokens, billed)
+            if self._abandoned(sample):
+                return
+            prompt = split.prompt_after(await sampler.rendered(plan), plan.end_of_thinking)
             split.continue_answer()
+            if self._abandoned(sample):
+                return
             stream = await sampler.open_continuation(origin, sample, prompt, plan.continue_tokens)
-        except asyncio.CancelledError:  # the sample was cancelled while it was being opened
-            self.queue.put_nowait((_END, None))
-            raise
+            self.streams.append(stream)
+            self.guard.streams.append(stream)
+            if self._abandoned(sample):  # cancelled while it was being opened
+                await finish_even_if_cancelled(self._stop_then_account([stream]))
+                return
+            stream.reader = asyncio.current_task()
+            reading = True
+            await self._read(stream)  # it queues the stream's end itself
         except Exception as exc:  # the worker or the deadline: reported as a failed sample
             log.warning("continuation of sample %d failed to start: %s", sample, exc)
             self.finished.add(sample)
             self.failed.add(sample)
             self.queue.put_nowait([SampleDelta(sample, "", 0, finish_reason="error")])
-            self.queue.put_nowait((_END, None))
-            return
-        self.streams.append(stream)
-        self.guard.streams.append(stream)
-        stream.reader = asyncio.current_task()
-        await self._read(stream)
+        finally:
+            if not reading:
+                self.queue.put_nowait((_END, None))
+
+    def _abandoned(self, sample: int) -> bool:
+        return self.stopping or sample in self.cancelled
 
     async def cancel(self, samples: Iterable[int] | None = None) -> None:
         """Stop samples; a stream closes (aborting the engine's work) once none of its
-        samples is still wanted. Tokens already received stay counted."""
+        samples is still wanted. Tokens already received stay counted. (A continuation being
+        opened sees its sample cancelled and stops itself.)"""
         targets = set(range(self.k)) if samples is None else set(samples)
         self.cancelled |= targets - self.finished
-        opening = [
-            task
-            for sample, task in self.continuing.items()
-            if sample in self.cancelled
-            and not task.done()
-            and not any(s.reader is task for s in self.streams)
-        ]
-        for task in opening:
-            task.cancel()
-        await asyncio.gather(*opening, return_exceptions=True)
         done = [stream for stream in self.streams if not self._unfinished(stream)]
         await finish_even_if_cancelled(self._stop_then_account(done))
 
@@ -383,9 +400,14 @@ class UpstreamBatch:
             return
         stream.closed = True
         try:
-            if stream.reader is not None and not stream.reader.done():
-                stream.reader.cancel()
-                await asyncio.gather(stream.reader, return_exceptions=True)
+            reader = stream.reader
+            if reader is not None and not reader.done() and self._all_done(stream):
+                # every sample of it has finished (or was handed to a continuation): its
+                # usage and [DONE] are on their way; an abort now would lose the engine's count
+                await asyncio.wait({reader}, timeout=END_GRACE_S)
+            if reader is not None and not reader.done():
+                reader.cancel()
+                await asyncio.gather(reader, return_exceptions=True)
             if stream.tally.completed:
                 stream.response.release()
                 stream.pool.call_succeeded(stream.lease.worker)
@@ -412,8 +434,14 @@ class UpstreamBatch:
         )
 
     async def stop(self) -> None:
-        """Close every stream still open."""
-        for stream in self.streams:
+        """Close every stream still open, continuations being opened first (they stop)."""
+        self.stopping = True
+        opening = [task for task in self.continuing.values() if not task.done()]
+        opening = [t for t in opening if not any(s.reader is t for s in self.streams)]
+        for task in opening:
+            task.cancel()
+        await asyncio.gather(*opening, return_exceptions=True)
+        for stream in list(self.streams):
             await self._stop(stream)
 
     async def account(self, streams: list[_Stream] | None = None) -> None:
@@ -452,6 +480,8 @@ class PoolSampler:
         self.batches: list[UpstreamBatch] = []
         self._requests = 0
         self._sticky: dict[tuple[str, str], Worker] = {}  # (pool, sticky_key) -> worker
+        # Who ended thinking at the budget in this request's batches: "gateway", "engine".
+        self.budget_enforcers: set[str] = set()
 
     def _pool(self, role: RoleName | None) -> WorkerPool:
         if role is None:
@@ -531,7 +561,7 @@ class PoolSampler:
                     role=role or "default",
                 )
                 prefer = self._sticky.get(sticky) if sticky else planned
-                if (request.separate or continued) and streams and prefer is None:
+                if request.separate and streams and prefer is None:
                     # its cache holds the prompt now (an engine without `n` keeps spreading
                     # its samples over the pool, for parallelism)
                     prefer = streams[0].lease.worker
@@ -600,6 +630,7 @@ class PoolSampler:
         plan = ThinkingPlan(
             budget, request.messages, role, reasoning.end_of_thinking, continue_tokens=0
         )
+        self.budget_enforcers.add("engine" if reasoning.native_budget else "gateway")
         if reasoning.native_budget:
             pool.adapter.limit_thinking(body, budget.tokens)
             total = budget.tokens + budget.answer_tokens

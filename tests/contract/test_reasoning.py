@@ -9,11 +9,16 @@ to the configured budget; vLLM's native budget; pools that cannot take a budget.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 import pytest
 
+import strategies
 from gateway.config import ReasoningConfig, ThinkingConfig
+from gateway.pipeline.sampler import PoolSampler, UpstreamBatch
+from strategies import StrategyOutcome, StrategySpec, StrategyTask
 from tests.standin import SampleScript, Script, serve_standin
 from tests.standin_fixtures import chat_body, pool_for, serve_gateway, sse_events
 
@@ -110,7 +115,7 @@ async def test_a_budget_cuts_thinking_at_t_and_continues_on_the_same_worker() ->
         assert call.body["prompt"].endswith("<think>t0 t1 t2 t3 t4 t5 t6 t7 t8 t9 t10" + END)
         assert call.body["max_tokens"] == 6
         assert "messages" not in call.body
-    # each continuation on its sample's worker; both samples on the first sample's worker
+    # each continuation on its sample's worker
     placement = report["placement"]
     assert [p.get("continues") for p in placement[:2]] == [None, None]
     continued = {p["continues"]: p for p in placement[2:]}
@@ -118,7 +123,9 @@ async def test_a_budget_cuts_thinking_at_t_and_continues_on_the_same_worker() ->
     for sample, call in continued.items():
         assert call["worker"] == placement[sample]["worker"]
         assert call["cached_tokens"] >= 16  # its prompt and thinking were cached
-    assert sorted(len(paths) for paths in by_worker.values()) == [0, 4]
+    for paths in by_worker.values():  # the routing policy places the samples; each
+        # continuation follows its sample to its worker
+        assert paths.count("/v1/completions") == paths.count("/v1/chat/completions")
     message = body["choices"][0]["message"]
     assert message["content"] == "The answer is 4."
     assert message["reasoning_content"] == "t0 t1 t2 t3 t4 t5 t6 t7 t8 t9 t10"
@@ -266,13 +273,134 @@ async def test_a_pool_that_cannot_render_refuses_a_gateway_budget_naming_the_fie
     assert sent == []  # nothing reached the engine
 
 
-async def test_single_under_a_budget_needs_n_1() -> None:
+async def test_what_a_gateway_budget_cannot_carry_is_refused_naming_the_field() -> None:
+    budget = {"X-TTC-Thinking-Budget": "8"}
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
     async with (
         serve_standin("vllm") as engine,
         serve_gateway(pool_for("vllm", engine.url)) as gw,
     ):
-        response = await gw.client.post(
-            "/v1/chat/completions", json=chat_body(n=2), headers={"X-TTC-Thinking-Budget": "8"}
+        n2 = await gw.client.post("/v1/chat/completions", json=chat_body(n=2), headers=budget)
+        tools = await gw.client.post(
+            "/v1/chat/completions", json=chat_body(tools=[tool]), headers=budget
         )
-    assert response.status_code == 400
-    assert response.json()["error"]["param"] == "n"
+        schema = await gw.client.post(
+            "/v1/chat/completions",
+            json=chat_body(response_format={"type": "json_object"}),
+            headers={**budget, "X-TTC-Strategy": "majority_vote"},
+        )
+        sent = [r for r in engine.engine.requests if r.path.startswith("/v1/")]
+    assert [r.status_code for r in (n2, tools, schema)] == [400, 400, 400]
+    assert [r.json()["error"]["param"] for r in (n2, tools, schema)] == [
+        "n",
+        "tools",
+        "response_format",
+    ]
+    assert sent == []
+
+
+# -- continuations and the strategy's own stops -------------------------------------------
+def strategy(name: str, run: Any) -> StrategySpec:
+    return StrategySpec(name=name, summary="", source="", parameters=(), run=run)
+
+
+async def test_cancelling_a_cut_sample_before_its_continuation_starts_loses_no_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A strategy that kills a trace the moment it is handed to a continuation (as deepconf
+    kills traces) and reads on: the batch ends at once, not at the deadline."""
+    ends: list[tuple[int, str]] = []
+
+    async def kill_cut(task: StrategyTask) -> StrategyOutcome:
+        batch = await task.sampler.start(task.request, 2, task.role)
+        assert isinstance(batch, UpstreamBatch)
+        async for delta in batch.events():
+            if delta.sample in batch.continuing and delta.sample not in batch.cancelled:
+                await batch.cancel([delta.sample])
+            if delta.finish_reason:
+                ends.append((delta.sample, delta.finish_reason))
+        return StrategyOutcome(content="x", finish_reason="stop", winner=1)
+
+    monkeypatch.setitem(strategies.REGISTRY, "kill_cut", strategy("kill_cut", kill_cut))
+    script = Script(
+        samples=[
+            SampleScript("The answer is 4.", thinking=" ".join(f"t{i}" for i in range(20))),
+            SampleScript("The answer is 4.", thinking="a", token_delay_s=0.05),
+        ],
+        reasoning="field",
+        draw=True,
+    )
+    async with (
+        serve_standin("vllm", script) as engine,
+        serve_gateway(pool_for("vllm", engine.url)) as gw,
+    ):
+        started = time.perf_counter()
+        response = await gw.client.post(
+            "/v1/chat/completions",
+            json=chat_body(),
+            headers={
+                "X-TTC-Strategy": "kill_cut",
+                "X-TTC-Thinking-Budget": "5",
+                "X-TTC-Deadline-Ms": "3000",
+            },
+        )
+        took = time.perf_counter() - started
+        paths = [r.path for r in engine.engine.requests if r.path.startswith("/v1/")]
+        in_flight = await gw.in_flight()
+    assert response.status_code == 200 and took < 1.5, (took, response.text)
+    assert ends == [(1, "stop")]  # the killed one never finishes; the other does
+    assert "/v1/completions" not in paths  # nothing was opened for the killed sample
+    assert response.json()["ttc"]["samples"]["aborted"] == 1
+    assert set(in_flight.values()) == {0}
+
+
+async def test_a_continuation_being_opened_when_the_strategy_returns_is_not_left_running(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The strategy returns while a continuation waits for its worker: nothing keeps running
+    or holding the worker after the answer, and every call that ran is billed."""
+
+    async def leave_early(task: StrategyTask) -> StrategyOutcome:
+        batch = await task.sampler.start(task.request, 2, task.role)
+        assert isinstance(batch, UpstreamBatch)
+        async for _ in batch.events():
+            if batch.continuing:  # a continuation was just scheduled: decide now
+                break
+        return StrategyOutcome(content="x", finish_reason="stop", winner=0)
+
+    opened: list[float] = []
+    open_continuation = PoolSampler.open_continuation
+
+    async def slow_open(self: PoolSampler, *args: Any) -> Any:
+        await asyncio.sleep(0.3)  # waiting for the worker's slot
+        opened.append(time.perf_counter())
+        return await open_continuation(self, *args)
+
+    monkeypatch.setattr(PoolSampler, "open_continuation", slow_open)
+    monkeypatch.setitem(strategies.REGISTRY, "leave", strategy("leave", leave_early))
+    script = Script(
+        samples=[
+            SampleScript("The answer is 4. " * 20, thinking="a b", token_delay_s=0.05),
+            SampleScript("The answer is 4.", thinking=" ".join(f"t{i}" for i in range(20))),
+        ],
+        reasoning="tags",
+        draw=True,
+    )
+    async with (
+        serve_standin("llamacpp", script) as engine,
+        serve_gateway(pool_for("llamacpp", engine.url)) as gw,
+    ):
+        response = await gw.client.post(
+            "/v1/chat/completions",
+            json=chat_body(),
+            headers={"X-TTC-Strategy": "leave", "X-TTC-Thinking-Budget": "5"},
+        )
+        answered = time.perf_counter()
+        await asyncio.sleep(0.6)
+        paths = [r.path for r in engine.engine.requests if r.path.startswith("/v1/")]
+        in_flight = await gw.in_flight()
+    assert response.status_code == 200
+    assert set(in_flight.values()) == {0}
+    assert "/v1/completions" not in paths and all(t <= answered for t in opened)
+    usage, placement = response.json()["usage"], response.json()["ttc"]["placement"]
+    assert usage["completion_tokens"] == sum(p["completion_tokens"] for p in placement)

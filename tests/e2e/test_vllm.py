@@ -202,3 +202,84 @@ async def test_k8_samples_share_the_prompt_prefix_cache(gateway: str) -> None:
         f"k=8 prompt of {prompt_tokens} tokens: prefix cache {new_hits:.0f} hits / "
         f"{new_queries:.0f} queries"
     )
+
+
+@pytest.fixture(scope="module")
+def opened_gateway() -> Iterator[str]:
+    """The vLLM pool declared ``reasoning.thinking: opened``: SmolLM2 writes no ``</think>``,
+    so everything it writes counts as thinking, and a thinking budget cuts it (mechanics)."""
+    assert VLLM_URL
+    wait_http_ok(VLLM_URL + "/health", timeout_s=600)
+    config = {
+        "server": {"log_level": "warning", "access_log": False},
+        "pools": [
+            {
+                "name": "vllm",
+                "engine": "vllm",
+                "model": "smol",
+                "upstream_model": VLLM_MODEL,
+                "workers": [{"url": VLLM_URL}],
+                "reasoning": {"thinking": "opened"},
+            }
+        ],
+    }
+    with gateway_cli(config) as (url, _):
+        yield url
+
+
+async def test_a_thinking_budget_is_cut_and_continued_in_vllms_prefix_cache(
+    opened_gateway: str,
+) -> None:
+    facts = " ".join(f"Fact {i}: depot {i} holds {i * 7} crates." for i in range(30))
+    prompt = f"{facts}\nTell me a long story about the keeper of depot 3."
+    async with httpx.AsyncClient(timeout=300) as http:
+        before = {
+            name: await _counter(http, name)
+            for name in ("vllm:prefix_cache_hits_total", "vllm:generation_tokens_total")
+        }
+        response = await http.post(
+            opened_gateway + "/v1/chat/completions",
+            headers={
+                "X-TTC-Strategy": "majority_vote",
+                "X-TTC-K": "2",
+                "X-TTC-Thinking-Budget": "32",
+                "X-TTC-Answer-Budget": "8",
+            },
+            json={
+                "model": "smol",
+                "messages": [{"role": "user", "content": prompt}],
+                "temperature": 1.0,
+            },
+        )
+        assert response.status_code == 200, response.text
+        after = {name: await _counter(http, name) for name in before}
+    body = response.json()
+    report, usage = body["ttc"], body["usage"]
+    samples = report["thinking"]["samples"]
+    placement = report["placement"]
+    firsts = [call for call in placement if "continues" not in call]
+    continuations = {call["continues"]: call for call in placement if "continues" in call}
+    assert [call["samples"] for call in firsts] == [1, 1]
+    # a sample that ended by itself within the budget is not continued (rare on a long story)
+    cut = [i for i, sample in enumerate(samples) if sample["cut"]]
+    assert sorted(continuations) == cut and cut
+    for i, sample in enumerate(samples):
+        assert sample["thinking_tokens"] == 32 if i in cut else sample["thinking_tokens"] < 32
+    for sample, call in continuations.items():
+        # the rendered chat (vLLM /tokenize + /detokenize), the 32 thinking tokens, the delimiter
+        assert call["prompt_tokens"] >= firsts[sample]["prompt_tokens"] + 32
+        assert 1 <= call["completion_tokens"] <= 8
+    assert body["choices"][0]["message"]["reasoning_content"]
+    assert usage["completion_tokens"] == sum(call["completion_tokens"] for call in placement)
+    assert usage["completion_tokens"] == sum(report["sample_tokens"])
+    thinking = sum(sample["thinking_tokens"] for sample in samples)
+    assert usage["completion_tokens_details"] == {"reasoning_tokens": thinking}
+    # every generated token billed, as vLLM counted them
+    generated = after["vllm:generation_tokens_total"] - before["vllm:generation_tokens_total"]
+    assert generated == usage["completion_tokens"]
+    # the second first call reuses the first's prompt blocks, and each continuation its
+    # sample's prompt and thinking (vLLM caches whole 16-token blocks)
+    hits = after["vllm:prefix_cache_hits_total"] - before["vllm:prefix_cache_hits_total"]
+    prompt_tokens = firsts[0]["prompt_tokens"]
+    assert hits >= (prompt_tokens - 16) + len(cut) * (prompt_tokens + 32 - 16), (hits, placement)
+    print(f"thinking budget on vLLM: {hits:.0f} prefix-cache hits, placement {placement}")

@@ -50,11 +50,18 @@ def test_tally_trusts_complete_engine_usage_when_the_engine_counts_all_choices()
     assert tally.usage().completion_tokens == 2
 
 
-def test_aborted_stream_uses_the_gateway_count() -> None:
+def test_an_aborted_stream_bills_the_higher_of_its_count_and_the_engines_so_far() -> None:
+    # vLLM's continuous usage: what the engine generated so far, here more than was streamed
+    # (a token it had not sent when the stream was closed)
     tally = StreamTally(VllmAdapter())
     tally.observe(_chunk(0, "a", usage=None))
-    tally.observe({**_chunk(0, "b"), "usage": {"prompt_tokens": 5, "completion_tokens": 9}})
-    assert tally.usage().completion_tokens == 2  # not completed: our own count
+    tally.observe({**_chunk(0, "b"), "usage": {"prompt_tokens": 5, "completion_tokens": 3}})
+    assert tally.usage().completion_tokens == 3
+    # with n=2 a chunk's usage is its own choice's: lower than the count over both choices
+    both = StreamTally(VllmAdapter())
+    for index in (0, 1, 0, 1):
+        both.observe({**_chunk(index, "x"), "usage": {"prompt_tokens": 5, "completion_tokens": 2}})
+    assert both.usage().completion_tokens == 4
 
 
 def test_logprob_entries_give_the_token_count() -> None:

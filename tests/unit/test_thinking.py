@@ -108,3 +108,23 @@ def test_after_a_cut_the_continuation_is_answer() -> None:
     s.continue_answer()
     assert s.feed("</think> 42", "", 1) == ("</think> 42", "")
     assert parts(s) == ("thinking", "</think> 42", 1, 1)
+
+
+def test_a_cut_inside_the_close_tag_drops_the_partial_tag_before_the_delimiter() -> None:
+    s = ThinkingSplit("opened")
+    s.feed("abc </", "", 1)
+    s.flush()
+    assert s.prompt_after("P<think>\n", END) == "P<think>\nabc " + END
+
+
+def test_a_cut_before_the_text_says_whether_it_thinks_closes_an_empty_thinking() -> None:
+    s = ThinkingSplit("auto")
+    s.feed("\n<thi", "", 1)  # budget 1 ran out on part of the opening tag
+    s.flush()
+    assert s.undecided and not s.thinking_open
+    assert s.prompt_after("P", END) == "P<think>\n" + END
+
+
+def test_the_blank_line_an_engine_puts_after_parsed_thinking_is_not_answer() -> None:
+    s = split("auto", [("", "hmm"), ("\n\n", ""), ("42", "")])
+    assert parts(s) == ("hmm", "42", 1, 2)
