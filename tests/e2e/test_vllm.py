@@ -252,6 +252,12 @@ async def test_a_thinking_budget_is_cut_and_continued_in_vllms_prefix_cache(
             },
         )
         assert response.status_code == 200, response.text
+        # vLLM publishes its counters a moment after a request ends
+        for _ in range(100):
+            if not await _running(http):
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
         after = {name: await _counter(http, name) for name in before}
     body = response.json()
     report, usage = body["ttc"], body["usage"]
