@@ -148,6 +148,8 @@ class StreamTally:
             self.early_prompt = self._dialect.chunk_prompt(chunk)
         raw_choices = chunk.get("choices")
         if not raw_choices:
+            if usage and self._awaiting_usage:  # llama.cpp: the usage chunk of one choice
+                self._per_choice_usage(usage)
             return deltas
         choices = self.choices
         for raw in raw_choices:

@@ -118,3 +118,18 @@ def test_a_prompt_no_engine_reported_is_counted_and_marked_estimated() -> None:
     reported = StreamTally(VllmAdapter())
     reported.observe({**_chunk(0, "a"), "usage": {"prompt_tokens": 7, "completion_tokens": 1}})
     assert not reported.needs_prompt_count() and reported.usage().estimated_prompt_tokens == 0
+
+
+def test_llamacpp_bills_each_choice_its_own_usage_chunk_with_the_unstreamed_end_token() -> None:
+    # llama.cpp, n=2: each choice's finish chunk is followed by a usage chunk of its own
+    # (choices: []) whose count includes the end-of-sequence token it never streams
+    tally = StreamTally(LlamaCppAdapter())
+    for chunk in (_chunk(0, "a"), _chunk(1, "b"), _chunk(1, "c"), _chunk(1, None, "stop")):
+        tally.observe(chunk)
+    tally.observe({"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 3}})
+    tally.observe(_chunk(0, "d"))
+    tally.observe(_chunk(0, None, "length"))
+    tally.observe({"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 2}})
+    tally.completed = True
+    assert [tally.choice(i).billed_tokens for i in (0, 1)] == [2, 3]
+    assert tally.usage().completion_tokens == 5  # as llamacpp:tokens_predicted_total counts
