@@ -546,45 +546,17 @@ class PoolSampler:
         try:
             offset = 0
             for planned, size in parts:
-                self._requests += 1
-                ctx = RequestContext(
-                    request_id=f"{self.ctx.request_id}-{self._requests}",
-                    endpoint=endpoint,
-                    strategy=self.ctx.strategy,
-                    arrived=self.ctx.arrived,
-                    deadline_s=self.ctx.deadline_s,
-                    client_deadline_ms=self.ctx.client_deadline_ms,
-                    meter=self.ctx.meter,
-                    cut_calls=self.ctx.cut_calls,  # billed with the request's
-                    session=self.ctx.session,
-                    workers=self.ctx.workers,  # reported with the request's
-                    role=role or "default",
-                )
                 prefer = self._sticky.get(sticky) if sticky else planned
                 if request.separate and streams and prefer is None:
                     # its cache holds the prompt now (an engine without `n` keeps spreading
                     # its samples over the pool, for parallelism)
                     prefer = streams[0].lease.worker
-                lease, response = await self.upstream.open(
-                    pool, ctx, {**body, "n": size}, prefer=prefer, route=route
+                stream = await self._open(
+                    pool, endpoint, role or "default", body, offset, size, prefer, route
                 )
                 if sticky is not None:
-                    self._sticky[sticky] = lease.worker
-                tally = StreamTally(pool.adapter)
-                streams.append(
-                    _Stream(
-                        pool,
-                        ctx,
-                        lease,
-                        response,
-                        offset,
-                        size,
-                        tally,
-                        body,
-                        self.upstream.watch(lease.worker, ctx, tally),
-                        self.upstream.price_of(pool.model),
-                    )
-                )
+                    self._sticky[sticky] = stream.lease.worker
+                streams.append(stream)
                 offset += size
         except BaseException as exc:
             if (
@@ -658,24 +630,42 @@ class PoolSampler:
     ) -> _Stream:
         """Continue one sample of ``origin`` with a raw completion of ``prompt`` on the same
         worker (its prefix cache holds the chat and the thinking)."""
-        pool = origin.pool
         body = _continuation_body(origin.body, prompt, max_tokens)
+        stream = await self._open(
+            origin.pool, "completions", origin.ctx.role, body, sample, 1, origin.lease.worker
+        )
+        stream.continuation = True
+        return stream
+
+    async def _open(
+        self,
+        pool: WorkerPool,
+        endpoint: str,
+        role: str,
+        body: dict[str, Any],
+        offset: int,
+        size: int,
+        prefer: Worker | None,
+        route: RouteRequest | None = None,
+    ) -> _Stream:
+        """One upstream streaming request carrying samples ``offset .. offset+size-1``: its
+        own request id, billed and reported with the client's request."""
         self._requests += 1
         ctx = RequestContext(
             request_id=f"{self.ctx.request_id}-{self._requests}",
-            endpoint="completions",
+            endpoint=endpoint,
             strategy=self.ctx.strategy,
             arrived=self.ctx.arrived,
             deadline_s=self.ctx.deadline_s,
             client_deadline_ms=self.ctx.client_deadline_ms,
             meter=self.ctx.meter,
-            cut_calls=self.ctx.cut_calls,
+            cut_calls=self.ctx.cut_calls,  # billed with the request's
             session=self.ctx.session,
-            workers=self.ctx.workers,
-            role=origin.ctx.role,
+            workers=self.ctx.workers,  # reported with the request's
+            role=role,
         )
         lease, response = await self.upstream.open(
-            pool, ctx, {**body, "n": 1}, prefer=origin.lease.worker
+            pool, ctx, {**body, "n": size}, prefer=prefer, route=route
         )
         tally = StreamTally(pool.adapter)
         return _Stream(
@@ -683,13 +673,12 @@ class PoolSampler:
             ctx,
             lease,
             response,
-            sample,
-            1,
+            offset,
+            size,
             tally,
             body,
             self.upstream.watch(lease.worker, ctx, tally),
             self.upstream.price_of(pool.model),
-            continuation=True,
         )
 
     def thinking(self) -> list[dict[str, Any]]:
