@@ -104,12 +104,14 @@ class RenderCall:
         self.timeout = aiohttp.ClientTimeout(total=max(timeout_s, 0.001))
 
     async def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST ``body`` and return the JSON answer. A connection dropped before any answer
+        (a kept-alive one the engine had closed while idle) is tried once more: rendering
+        and tokenizing generate nothing, so a second try costs nothing."""
         try:
-            async with self.session.post(
-                self.base_url + path, json=body, headers=self.headers, timeout=self.timeout
-            ) as response:
-                data = await response.json(content_type=None)
-                status = response.status
+            try:
+                data, status = await self._post_once(path, body)
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, ConnectionResetError):
+                data, status = await self._post_once(path, body)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             log.warning("%s%s failed: %s: %s", self.base_url, path, type(exc).__name__, exc)
             raise bad_gateway(
@@ -120,6 +122,12 @@ class RenderCall:
                 f"worker {self.worker_name} answered {path} with HTTP {status}: {str(data)[:300]}"
             )
         return data
+
+    async def _post_once(self, path: str, body: dict[str, Any]) -> tuple[Any, int]:
+        async with self.session.post(
+            self.base_url + path, json=body, headers=self.headers, timeout=self.timeout
+        ) as response:
+            return await response.json(content_type=None), response.status
 
 
 def text_field(data: dict[str, Any], name: str, call: RenderCall) -> str:

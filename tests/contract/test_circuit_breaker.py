@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 from gateway.config import CircuitBreakerConfig
-from tests.standin import Script, serve_standin
+from tests.standin import SampleScript, Script, serve_standin
 from tests.standin_fixtures import chat_body, pool_for, serve_gateway, sse_events
 
 BREAKER = CircuitBreakerConfig(failures=2, cooldown_s=0.5)
@@ -21,6 +21,7 @@ class DroppingProxy:
     url: str
     drops: int = 0  # the next completion requests to drop
     after_s: float = 0.0  # how long the dropped request waits before its connection closes
+    requests: bytes = b"POST /v1/"  # which requests are dropped: those starting so
 
 
 @contextlib.asynccontextmanager
@@ -36,7 +37,7 @@ async def dropping_proxy(target: str) -> AsyncIterator[DroppingProxy]:
     ) -> None:
         with contextlib.suppress(ConnectionError):
             while data := await reader.read(65536):
-                if requests and data.startswith(b"POST /v1/") and proxy.drops > 0:
+                if requests and data.startswith(proxy.requests) and proxy.drops > 0:
                     proxy.drops -= 1
                     await asyncio.sleep(proxy.after_s)
                     break
@@ -183,4 +184,30 @@ async def test_a_non_streamed_call_dropped_after_a_while_is_not_sent_again() -> 
         streamed = await gw.client.post("/v1/chat/completions", json=chat_body(stream=True))
         assert streamed.status_code == 200 and proxy.drops == 0
         assert await gw.metric("ttc_upstream_errors_total", kind="dropped") == 1
+        assert await gw.in_flight() == {proxy.url: 0}
+
+
+async def test_a_template_rendering_dropped_before_any_answer_is_sent_once_more() -> None:
+    """A thinking budget's continuation renders the chat with the engine's template on a
+    connection that may have idled out: dropped once, it is sent again (it generates nothing);
+    dropped twice, the sample fails with the worker named."""
+    script = Script(
+        samples=[SampleScript("The answer is 4.", thinking=" ".join(["w"] * 20))],
+        reasoning="tags",
+    )
+    budget = {"X-TTC-Thinking-Budget": "4"}
+    async with (
+        serve_standin("llamacpp", script) as worker,
+        dropping_proxy(worker.url) as proxy,
+        serve_gateway(pool_for("llamacpp", proxy.url), circuit_breaker=BREAKER) as gw,
+    ):
+        proxy.requests, proxy.drops = b"POST /apply-template", 1
+        once = await gw.client.post("/v1/chat/completions", json=chat_body(), headers=budget)
+        assert once.status_code == 200 and proxy.drops == 0
+        assert once.json()["choices"][0]["message"]["content"] == "The answer is 4."
+        proxy.drops = 2
+        twice = await gw.client.post("/v1/chat/completions", json=chat_body(), headers=budget)
+        assert twice.status_code == 502
+        assert "every sample of single failed upstream" in twice.json()["error"]["message"]
+        assert proxy.url.rsplit(":", 1)[1] not in twice.text  # no internal address
         assert await gw.in_flight() == {proxy.url: 0}
