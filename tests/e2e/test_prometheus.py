@@ -187,6 +187,9 @@ async def _traffic(gateway: str) -> None:
     )
     await ask("cascade", K=2, Tau=1.0, **{"Escalate-To": "single"})
     await ask("spec_reason", max_tokens=64, **{"Step-Tokens": 24, "Max-Steps": 3})
+    # step routing (the dashboard's share of steps by the large model) under a thinking budget
+    await ask("glimp_router", max_tokens=64, **{"Step-Tokens": 16, "Max-Steps": 2})
+    await ask("majority_vote", K=2, **{"Thinking-Budget": 8, "Answer-Budget": 8})
     # A prompt beyond llama.cpp's per-slot context: the worker answers 400 (an upstream error).
     with pytest.raises(openai.BadRequestError):
         await client.chat.completions.create(
