@@ -453,6 +453,9 @@ class UpstreamBatch:
         """Each sample's completion tokens, over all its calls (a continued one has two)."""
         tokens = [0] * self.k
         for stream in self.streams:
+            if stream.count == 1:  # its usage is the sample's (the engine's count, if higher)
+                tokens[stream.offset] += stream.tally.usage().completion_tokens
+                continue
             for i in range(stream.count):
                 tokens[stream.offset + i] += stream.tally.choice(i).billed_tokens
         return tokens
