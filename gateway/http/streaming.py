@@ -16,6 +16,8 @@ from typing import TypeVar
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from gateway.tasks import finish_even_if_cancelled
+
 T = TypeVar("T")
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -42,8 +44,10 @@ async def cancel_on_disconnect(receive: Receive, work: Awaitable[T]) -> T:
     finally:
         if not task.done():
             task.cancel()
+            # to its end (its upstream calls closed and counted) even if this is cancelled
+            # meanwhile: the request is settled right after
             with contextlib.suppress(asyncio.CancelledError):
-                await task
+                await finish_even_if_cancelled(asyncio.wait({task}))
             watcher.cancel()
             raise ClientDisconnected()
         watcher.cancel()

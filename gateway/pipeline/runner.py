@@ -310,8 +310,10 @@ class StrategyRunner:
                 waiter.cancel()
             if not running.done():
                 running.cancel()
+                # to its end (its samples closed and counted) even if this generator is
+                # cancelled meanwhile: the request is settled right after
                 with contextlib.suppress(asyncio.CancelledError):
-                    await running
+                    await finish_even_if_cancelled(asyncio.wait({running}))
         outcome = result.outcome
         for field, text in (("reasoning_content", outcome.reasoning), ("content", outcome.content)):
             already = "".join(sent[field])
