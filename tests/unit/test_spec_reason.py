@@ -4,49 +4,15 @@ regenerates rejected steps; scoring; every stop condition; the prompts each call
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
 from strategies import StrategyOutcome, StrategyTask
-from strategies.sampling import BudgetExhausted, RoleName, SampleDelta, SampleRequest
+from strategies.sampling import RoleName, SampleRequest
 from strategies.spec_reason import SCORE_PREFIX, SPEC, VERIFY_QUESTION, Call, score
-
-
-@dataclass
-class Reply:
-    text: str
-    finish: str = "stop"
-    eos: bool | None = False  # False: the "\n\n" stop string matched
-    top: dict[str, float] | None = None
-
-    @property
-    def tokens(self) -> int:
-        return len(self.text.split())
-
-
-@dataclass
-class OneShot:
-    """A one-sample batch that plays a reply in one delta."""
-
-    reply: Reply
-    budget: list[int] | None
-    k: int = 1
-    cancelled: bool = False
-
-    async def events(self) -> AsyncGenerator[SampleDelta, None]:
-        r = self.reply
-        if self.budget is not None:
-            self.budget[0] -= r.tokens
-            if self.budget[0] < 0:
-                raise BudgetExhausted("tokens")
-        tops = (r.top,) if r.top is not None else ()
-        yield SampleDelta(0, r.text, r.tokens, top_logprobs=tops, finish_reason=r.finish, eos=r.eos)
-
-    async def cancel(self, samples: Iterable[int] | None = None) -> None:
-        self.cancelled = True
+from tests.steps_scripted import OneShot, Reply
 
 
 @dataclass
