@@ -171,6 +171,7 @@ class RedisServer:
             "appendonly": "yes",
             "appendfsync": "always",
             "save": "",
+            "enable-debug-command": "local",  # DEBUG SLEEP: a Redis that answers late
         }
         args = [self.binary, *(arg for k, v in options.items() for arg in (f"--{k}", v))]
         self.process = subprocess.Popen(

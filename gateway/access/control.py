@@ -41,6 +41,7 @@ from gateway.access.stores import (
     StateUnavailable,
     hash_secret,
     minute_window,
+    new_admission_id,
     to_nusd,
 )
 from gateway.config import AuthConfig, SharedStateConfig
@@ -190,6 +191,8 @@ class AccessControl:
         if self.auth.mode == "off":
             return OPEN
         secret = _bearer(authorization)
+        # Made before asking: if the store's answer is lost, the settlement still names it.
+        admission_id, now = new_admission_id(), time.time()
         try:
             if self.auth.mode == "auto" and not await self._keys_exist(secret is not None):
                 return OPEN
@@ -205,9 +208,9 @@ class AccessControl:
             bound = worst_case()
             tokens = bound.total
             nusd = to_nusd(self.prices.cost(bound), round_up=True)
-            result = await self.store.admit(key_hash, strategy, k, tokens, nusd, time.time())
+            result = await self.store.admit(key_hash, strategy, k, tokens, nusd, now, admission_id)
         except StateUnavailable as exc:
-            return self._degraded_admit(secret, exc)
+            return self._degraded_admit(secret, exc, admission_id, now)
         self._healthy()
         await self._replay()
         if result.verdict != "ok":
@@ -372,7 +375,9 @@ class AccessControl:
                 log.exception("replaying settlements failed")
 
     # -- failure policy ---------------------------------------------------------------------
-    def _degraded_admit(self, secret: str | None, exc: StateUnavailable) -> Admission:
+    def _degraded_admit(
+        self, secret: str | None, exc: StateUnavailable, admission_id: str, now: float
+    ) -> Admission:
         self._unhealthy("admit", exc)
         if self.on_failure == "open":
             keys_existed = self._has_keys[1] if self._has_keys is not None else True
@@ -381,8 +386,10 @@ class AccessControl:
             record = self._known.get(hash_secret(secret)) if secret else None
             if record is not None and not record.revoked:
                 self.metrics.degraded_admissions.labels("open").inc()
-                # Nothing reserved; what it spends is settled (replayed) once the store is back.
-                nothing = Reservation(record.key_hash, minute_window(time.time()), 0, 0)
+                # Nothing reserved here; what it spends is settled (replayed) once the store is
+                # back, under the id it was asked with: if that admission did reach Redis (its
+                # answer was lost), the settlement releases what it reserved there.
+                nothing = Reservation(record.key_hash, minute_window(now), 0, 0, admission_id)
                 return Admission(record.id, nothing, self)
         self.metrics.degraded_admissions.labels("rejected").inc()
         raise Unavailable(

@@ -7,6 +7,12 @@ Both stores keep the same records and answer the same two questions atomically:
   replicas racing for the last unit of a limit can never both get it.
 - ``settle``: the request ended; replace its reservation with what it really used.
 
+Each admission carries an id (``Reservation.id``, made by the caller before it asks), and
+``settle`` books an id once. A call whose answer was lost (a Redis timeout after the script
+ran) is therefore safe to repeat: a settlement replayed after such a timeout is not booked
+twice, and a settlement for an admission whose answer was lost releases what that admission
+reserved (Redis remembers it under the id), instead of leaving it reserved for ever.
+
 Redis layout (one hash tag per key, so a cluster keeps a key's data in one slot)::
 
     ttc:keys                     set of key ids
@@ -14,6 +20,10 @@ Redis layout (one hash tag per key, so a cluster keeps a key's data in one slot)
     ttc:{<sha256>}:key           hash: id name created revoked rpm tpm max_k strategies budget_nusd
     ttc:{<sha256>}:usage         hash: spent_nusd reserved_nusd
     ttc:{<sha256>}:rl:<minute>   hash: requests tokens   (expires after two minutes)
+    ttc:{<sha256>}:held          hash: admission id -> "<reserved nusd> <reserved tokens>"
+                                 (requests admitted and not yet settled)
+    ttc:{<sha256>}:settled:<minute>  hash: ids of the minute's admissions that were settled
+                                 (expires ``SETTLED_TTL_S`` after its last settlement)
 
 Money is counted in integer nano-dollars (``nusd``, 1e-9 USD): Lua numbers are doubles, exact
 for integers up to 2**53 (9 million dollars), and sums of integers do not drift.
@@ -52,6 +62,10 @@ KEY_PREFIX = "ttc-"
 NANO = 1_000_000_000
 WINDOW_S = 60
 WINDOW_TTL_S = 2 * WINDOW_S
+# How long a settled admission's id is remembered, so that a settlement repeated after a lost
+# answer is not booked twice (replays run every second while Redis answers). Memory: about 50
+# bytes per request settled in the last 15 minutes.
+SETTLED_TTL_S = 15 * 60
 
 
 def new_secret() -> str:
@@ -65,6 +79,11 @@ def hash_secret(secret: str) -> str:
 def to_nusd(usd: float, *, round_up: bool = False) -> int:
     scaled = usd * NANO
     return math.ceil(scaled) if round_up else round(scaled)
+
+
+def new_admission_id() -> str:
+    """An admission's id: 64 random bits, unique among a key's requests of a minute."""
+    return secrets.token_hex(8)
 
 
 def minute_window(now: float) -> int:
@@ -105,12 +124,14 @@ Verdict = Literal[
 
 @dataclass(frozen=True)
 class Reservation:
-    """What ``admit`` set aside for one request; handed back to ``settle``."""
+    """What ``admit`` set aside for one request (under the admission's id); handed back to
+    ``settle``. The Redis store settles by the id against what Redis itself recorded."""
 
     key_hash: str
     window: int
     tokens: int
     nusd: int
+    id: str
 
 
 @dataclass(frozen=True)
@@ -133,7 +154,14 @@ class KeyStore(Protocol):
     async def update(self, key_id: str, **changes: Any) -> KeyRecord | None: ...
     async def has_keys(self) -> bool: ...
     async def admit(
-        self, key_hash: str, strategy: str, k: int, tokens: int, nusd: int, now: float
+        self,
+        key_hash: str,
+        strategy: str,
+        k: int,
+        tokens: int,
+        nusd: int,
+        now: float,
+        admission_id: str,
     ) -> AdmitResult: ...
     async def settle(self, reservation: Reservation, tokens: int, nusd: int) -> None: ...
     async def ping(self) -> None: ...
@@ -242,6 +270,8 @@ class MemoryKeyStore:
         self._records: dict[str, KeyRecord] = {}
         self._usage: dict[str, list[int]] = {}  # hash -> [spent, reserved]
         self._windows: dict[tuple[str, int], list[int]] = {}  # (hash, minute) -> [req, tokens]
+        # (hash, minute) -> ids of that minute's admissions that were settled
+        self._settled: dict[tuple[str, int], set[str]] = {}
         self._reload(force=True)
         if key_file is not None:  # spending survives a restart; reservations do not need to
             self._usage = {h: [spent, 0] for h, spent in key_file.load_spent().items()}
@@ -291,7 +321,14 @@ class MemoryKeyStore:
         return bool(self._records)
 
     async def admit(
-        self, key_hash: str, strategy: str, k: int, tokens: int, nusd: int, now: float
+        self,
+        key_hash: str,
+        strategy: str,
+        k: int,
+        tokens: int,
+        nusd: int,
+        now: float,
+        admission_id: str,
     ) -> AdmitResult:
         self._reload()
         record = self._records.get(key_hash)
@@ -308,9 +345,18 @@ class MemoryKeyStore:
         usage[1] += nusd
         for old in [w for w in self._windows if w[1] < window - 1]:
             del self._windows[old]
-        return AdmitResult("ok", record, Reservation(key_hash, window, tokens, nusd))
+        return AdmitResult("ok", record, Reservation(key_hash, window, tokens, nusd, admission_id))
 
     async def settle(self, reservation: Reservation, tokens: int, nusd: int) -> None:
+        marks = (reservation.key_hash, reservation.window)
+        if marks not in self._settled:  # a new minute: forget ids older than SETTLED_TTL_S
+            oldest = reservation.window - SETTLED_TTL_S // WINDOW_S
+            for old in [m for m in self._settled if m[1] < oldest]:
+                del self._settled[old]
+            self._settled[marks] = set()
+        if reservation.id in self._settled[marks]:
+            return  # settled already
+        self._settled[marks].add(reservation.id)
         usage = self._usage.setdefault(reservation.key_hash, [0, 0])
         usage[0] += nusd
         usage[1] -= reservation.nusd
@@ -367,15 +413,34 @@ redis.call('HINCRBY', KEYS[3], 'requests', 1)
 redis.call('HINCRBY', KEYS[3], 'tokens', ARGV[3])
 redis.call('EXPIRE', KEYS[3], ARGV[5])
 redis.call('HINCRBY', KEYS[2], 'reserved_nusd', ARGV[4])
+redis.call('HSET', KEYS[4], ARGV[6], ARGV[4] .. ' ' .. ARGV[3])
 return record('ok')
 """
 
-# KEYS: usage, the admission's window. ARGV: -reserved nusd, spent nusd, used - reserved tokens.
-# Integers travel as the strings Python wrote: Lua would print a large double as 1e+14.
+# KEYS: usage, the admission's window, held, settled ids of that window.
+# ARGV: admission id, spent nusd, used tokens, SETTLED_TTL_S.
+# An id is settled once. What it reserved is what Redis held for it: nothing when its admission
+# never reached Redis (let in while Redis was down). Integers travel as strings Python wrote
+# (Lua's tostring would print a large double as 1e+14); redis.call formats a Lua number with 17
+# digits, exact for the integers used here (below 2**53).
 _SETTLE = """
-redis.call('HINCRBY', KEYS[1], 'reserved_nusd', ARGV[1])
+if redis.call('HSETNX', KEYS[4], ARGV[1], 1) == 0 then return 0 end
+redis.call('EXPIRE', KEYS[4], ARGV[4])
+local reserved_tokens = 0
+local held = redis.call('HGET', KEYS[3], ARGV[1])
+if held then
+  redis.call('HDEL', KEYS[3], ARGV[1])
+  local space = string.find(held, ' ', 1, true)
+  local reserved_nusd = tonumber(string.sub(held, 1, space - 1))
+  if reserved_nusd ~= 0 then  -- -0 would be written "-0", which HINCRBY refuses
+    redis.call('HINCRBY', KEYS[1], 'reserved_nusd', -reserved_nusd)
+  end
+  reserved_tokens = tonumber(string.sub(held, space + 1))
+end
 redis.call('HINCRBY', KEYS[1], 'spent_nusd', ARGV[2])
-if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('HINCRBY', KEYS[2], 'tokens', ARGV[3]) end
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('HINCRBY', KEYS[2], 'tokens', tonumber(ARGV[3]) - reserved_tokens)
+end
 return 1
 """
 
@@ -398,6 +463,14 @@ def _usage_key(key_hash: str) -> str:
 
 def _window_key(key_hash: str, window: int) -> str:
     return f"ttc:{{{key_hash}}}:rl:{window}"
+
+
+def _held_key(key_hash: str) -> str:
+    return f"ttc:{{{key_hash}}}:held"
+
+
+def _settled_key(key_hash: str, window: int) -> str:
+    return f"ttc:{{{key_hash}}}:settled:{window}"
 
 
 def _encode_limit(name: str, value: Any) -> str:
@@ -517,13 +590,25 @@ class RedisKeyStore:
         return bool(await self._call(self._redis.scard("ttc:keys")))
 
     async def admit(
-        self, key_hash: str, strategy: str, k: int, tokens: int, nusd: int, now: float
+        self,
+        key_hash: str,
+        strategy: str,
+        k: int,
+        tokens: int,
+        nusd: int,
+        now: float,
+        admission_id: str,
     ) -> AdmitResult:
         window = minute_window(now)
         reply = await self._call(
             self._admit(
-                keys=[_record_key(key_hash), _usage_key(key_hash), _window_key(key_hash, window)],
-                args=[strategy, k, tokens, nusd, WINDOW_TTL_S],
+                keys=[
+                    _record_key(key_hash),
+                    _usage_key(key_hash),
+                    _window_key(key_hash, window),
+                    _held_key(key_hash),
+                ],
+                args=[strategy, k, tokens, nusd, WINDOW_TTL_S, admission_id],
             )
         )
         verdict = str(reply[0])
@@ -532,16 +617,20 @@ class RedisKeyStore:
         record = _decode_record(key_hash, reply[2:])
         if verdict != "ok":
             return AdmitResult(verdict, record, used_nusd=int(reply[1]))  # type: ignore[arg-type]
-        return AdmitResult("ok", record, Reservation(key_hash, window, tokens, nusd))
+        reservation = Reservation(key_hash, window, tokens, nusd, admission_id)
+        return AdmitResult("ok", record, reservation)
 
     async def settle(self, reservation: Reservation, tokens: int, nusd: int) -> None:
+        key_hash, window = reservation.key_hash, reservation.window
         await self._call(
             self._settle(
                 keys=[
-                    _usage_key(reservation.key_hash),
-                    _window_key(reservation.key_hash, reservation.window),
+                    _usage_key(key_hash),
+                    _window_key(key_hash, window),
+                    _held_key(key_hash),
+                    _settled_key(key_hash, window),
                 ],
-                args=[-reservation.nusd, nusd, tokens - reservation.tokens],
+                args=[reservation.id, nusd, tokens, SETTLED_TTL_S],
             )
         )
 
