@@ -140,8 +140,9 @@ class GatewayMetrics:
         )
         self.thinking_cuts = Counter(
             "ttc_thinking_cuts",
-            "Samples whose thinking the gateway ended at the request's thinking budget (each "
-            "then continued once with the end-of-thinking delimiter)",
+            "Samples whose thinking was ended at the request's thinking budget: by the "
+            "gateway (each then continued once with the end-of-thinking delimiter) or by the "
+            "engine (native_budget); at a budget of 0, every sample",
             ["strategy", "model"],
             registry=r,
         )

@@ -288,7 +288,7 @@ class UpstreamBatch:
                     raise BudgetExhausted("deadline")
                 if delta.sample in cancelled:
                     continue
-                if delta.finish_reason == "length" and self._continue(delta.sample):
+                if delta.finish_reason in ("length", "stop") and self._continue(delta):
                     open_streams += 1  # its continuation's stream
                     if delta.text or delta.reasoning or delta.tokens:
                         yield _unfinished_copy(delta)
@@ -315,18 +315,22 @@ class UpstreamBatch:
         ]
 
     # -- thinking budgets ---------------------------------------------------------------------
-    def _continue(self, sample: int) -> bool:
-        """If the sample's first call stopped at the thinking budget, continue it (on its
-        worker, in a task that feeds this batch's queue) and say so."""
-        plan = self.thinking
+    def _continue(self, end: SampleDelta) -> bool:
+        """If the sample's first call stopped at the thinking budget (``length``), or the
+        model ended it while still thinking (end of sequence before the end of thinking: its
+        answer would be empty), continue it (on its worker, in a task that feeds this batch's
+        queue) and say so."""
+        plan, sample = self.thinking, end.sample
         if plan is None or plan.native or plan.continue_tokens <= 0:
             return False
         if sample in self.continuing or self.sampler is None or self.stopping:
             return False  # a continuation that stops at `length` has reached the answer budget
+        split = self.splits[sample]
+        if end.finish_reason == "stop" and not (split.thinking_open and end.eos is not False):
+            return False  # it answered, or a stop string of the client's ended it
         origin = next(s for s in self.streams if s.offset <= sample < s.offset + s.count)
         origin.handed_off.add(sample)
-        split = self.splits[sample]
-        split.cut = split.thinking_open or split.undecided
+        split.cut = end.finish_reason == "length" and (split.thinking_open or split.undecided)
         self.continuing[sample] = asyncio.create_task(
             self._run_continuation(sample, origin, self.sampler, plan)
         )
@@ -685,16 +689,23 @@ class PoolSampler:
         )
 
     def thinking(self) -> list[dict[str, Any]]:
-        """Every sample's thinking tokens and whether its thinking was cut at the budget."""
+        """Every sample's thinking tokens, whether its thinking was cut at the budget, and
+        whether it was continued (cut, or ended by the model while still thinking)."""
         reported = []
         for batch in self.batches:
             plan = batch.thinking
             # the engine's own budget (vLLM): a sample that thought to the budget was cut there
             native = plan.budget.tokens if plan is not None and plan.native else None
-            for split in batch.splits:
+            for sample, split in enumerate(batch.splits):
                 if split.chat:
                     cut = split.cut or (native is not None and split.thinking_tokens >= native)
-                    reported.append({"thinking_tokens": split.thinking_tokens, "cut": cut})
+                    reported.append(
+                        {
+                            "thinking_tokens": split.thinking_tokens,
+                            "cut": cut,
+                            "continued": sample in batch.continuing,
+                        }
+                    )
         return reported
 
     async def close(self) -> None:

@@ -103,7 +103,7 @@ async def test_a_budget_cuts_thinking_at_t_and_continues_on_the_same_worker() ->
         "budget": 12,
         "answer_budget": 6,
         "enforced_by": "gateway",
-        "samples": [{"thinking_tokens": 12, "cut": True}] * 2,
+        "samples": [{"thinking_tokens": 12, "cut": True, "continued": True}] * 2,
     }
     firsts = [c for c in calls if c.path == "/v1/chat/completions"]
     continuations = [c for c in calls if c.path == "/v1/completions"]
@@ -149,12 +149,56 @@ async def test_a_sample_thinking_within_the_budget_is_not_continued() -> None:
     body = response.json()
     assert paths == ["/v1/chat/completions"]
     assert body["ttc"]["strategy"] == "single"
-    assert body["ttc"]["thinking"]["samples"] == [{"thinking_tokens": 1, "cut": False}]
+    assert body["ttc"]["thinking"]["samples"] == [
+        {"thinking_tokens": 1, "cut": False, "continued": False}
+    ]
     assert body["choices"][0]["message"] == {
         "role": "assistant",
         "content": "The answer is 4.",
         "reasoning_content": "short",
     }
+
+
+async def test_a_sample_the_model_ends_while_still_thinking_is_asked_for_its_answer() -> None:
+    """End of sequence before ``</think>`` would leave the sample with no answer: under a
+    budget the gateway closes the thinking and continues it, like a cut (but not ``cut``).
+    A stop string of the client's ends it as asked."""
+    script = Script(samples=[SampleScript("The answer is 4.")])  # never writes </think>
+    opened = ReasoningConfig(thinking="opened")
+    async with (
+        serve_standin("vllm", script) as engine,
+        serve_gateway(pool_for("vllm", engine.url, reasoning=opened)) as gw,
+    ):
+        ended = await gw.client.post(
+            "/v1/chat/completions", json=chat_body(), headers={"X-TTC-Thinking-Budget": "32"}
+        )
+        stopped = await gw.client.post(
+            "/v1/chat/completions",
+            json=chat_body(stop=[" is"]),
+            headers={"X-TTC-Thinking-Budget": "32"},
+        )
+        sent = [(r.path, r.body) for r in engine.engine.requests if r.path.startswith("/v1/")]
+    body = ended.json()
+    assert body["ttc"]["thinking"]["samples"] == [
+        {"thinking_tokens": 4, "cut": False, "continued": True}
+    ]
+    assert [path for path, _ in sent[:2]] == ["/v1/chat/completions", "/v1/completions"]
+    assert sent[1][1]["prompt"].endswith("The answer is 4." + END)
+    assert sent[1][1]["max_tokens"] == 2048  # the default answer budget
+    message = body["choices"][0]["message"]
+    assert (message["reasoning_content"], message["content"]) == (
+        "The answer is 4.",
+        "The answer is 4.",
+    )
+    usage = body["usage"]
+    assert usage["completion_tokens"] == 4 + 4 == sum(body["ttc"]["sample_tokens"])
+    assert usage["completion_tokens_details"]["reasoning_tokens"] == 4
+    # the stop string: one call, its thinking and no answer, as the client asked
+    assert [path for path, _ in sent[2:]] == ["/v1/chat/completions"]
+    assert stopped.json()["ttc"]["thinking"]["samples"] == [
+        {"thinking_tokens": 2, "cut": False, "continued": False}
+    ]
+    assert stopped.json()["choices"][0]["message"]["reasoning_content"] == "The answer"
 
 
 async def test_the_budget_streams_reasoning_content_then_content() -> None:
@@ -207,9 +251,13 @@ async def test_reasoning_effort_maps_to_the_configured_budget_and_is_not_forward
         )
         sent = [r.body for r in engine.engine.requests if r.path.startswith("/v1/")]
     assert low.json()["ttc"]["thinking"]["budget"] == 5
-    assert low.json()["ttc"]["thinking"]["samples"] == [{"thinking_tokens": 5, "cut": True}]
+    assert low.json()["ttc"]["thinking"]["samples"] == [
+        {"thinking_tokens": 5, "cut": True, "continued": True}
+    ]
     assert low.json()["ttc"]["thinking"]["answer_budget"] == 7
-    assert none.json()["ttc"]["thinking"]["samples"] == [{"thinking_tokens": 0, "cut": True}]
+    assert none.json()["ttc"]["thinking"]["samples"] == [
+        {"thinking_tokens": 0, "cut": True, "continued": False}
+    ]
     assert "reasoning_content" not in none.json()["choices"][0]["message"]
     assert unknown.status_code == 400
     assert unknown.json()["error"]["param"] == "reasoning_effort"
@@ -243,7 +291,10 @@ async def test_vllm_native_budget_is_the_engines_and_nothing_is_continued() -> N
     assert sent[0][1]["thinking_token_budget"] == 3 and sent[0][1]["max_tokens"] == 13
     assert sent[1][1]["thinking_token_budget"] == 2 and sent[1][1]["max_tokens"] == 2 + 2048
     report = voted.json()["ttc"]
-    assert report["thinking"]["samples"] == [{"thinking_tokens": 3, "cut": True}] * 2
+    assert (
+        report["thinking"]["samples"]
+        == [{"thinking_tokens": 3, "cut": True, "continued": False}] * 2
+    )
     assert report["thinking"]["enforced_by"] == "engine"
     assert voted.json()["choices"][0]["message"]["content"] == "The answer is 4."
     # single stays the pass-through: the engine's own answer, its reasoning_content included

@@ -236,7 +236,9 @@ async def test_reasoning_effort_maps_to_the_configured_budget(sdk: openai.AsyncO
         model=MODEL, messages=QUESTION, reasoning_effort="none", max_tokens=8
     )
     report = (none.model_extra or {})["ttc"]
-    assert report["thinking"]["samples"] == [{"thinking_tokens": 0, "cut": True}]
+    assert report["thinking"]["samples"] == [
+        {"thinking_tokens": 0, "cut": True, "continued": False}
+    ]
     assert len(report["placement"]) == 1
     assert "reasoning_content" not in (none.choices[0].message.model_extra or {})
     assert none.usage is not None and none.usage.completion_tokens <= 8
