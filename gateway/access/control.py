@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from gateway.access.stores import (
+    RESERVATION_MARGIN_S,
     WINDOW_S,
     AdmitResult,
     KeyFile,
@@ -68,9 +69,18 @@ PENDING_SETTLEMENTS = 100_000  # settlements kept while Redis is down
 REPLAY_INTERVAL_S = 1.0  # how often settlements kept while Redis was down are retried
 
 
-def open_store(auth: AuthConfig, state: SharedStateConfig) -> KeyStore:
+def open_store(
+    auth: AuthConfig, state: SharedStateConfig, request_timeout_s: float | None = None
+) -> KeyStore:
+    """The key store: Redis when ``state.redis_url``, else memory (and the keys file).
+    ``request_timeout_s``: the gateway's request deadline, past which (and a margin) an
+    unsettled reservation is taken to be a stopped replica's (None: a store that admits
+    nothing, the ``keys`` command's)."""
     if state.redis_url:
-        return RedisKeyStore(state.redis_url, state.timeout_s)
+        if request_timeout_s is None:
+            return RedisKeyStore(state.redis_url, state.timeout_s)
+        ttl = request_timeout_s + RESERVATION_MARGIN_S
+        return RedisKeyStore(state.redis_url, state.timeout_s, reservation_ttl_s=ttl)
     return MemoryKeyStore(KeyFile(auth.keys_file) if auth.keys_file else None)
 
 

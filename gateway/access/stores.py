@@ -11,7 +11,9 @@ Each admission carries an id (``Reservation.id``, made by the caller before it a
 ``settle`` books an id once. A call whose answer was lost (a Redis timeout after the script
 ran) is therefore safe to repeat: a settlement replayed after such a timeout is not booked
 twice, and a settlement for an admission whose answer was lost releases what that admission
-reserved (Redis remembers it under the id), instead of leaving it reserved for ever.
+reserved (Redis remembers it under the id), instead of leaving it reserved for ever. A
+reservation never settled (its replica stopped) is released once its request's deadline is
+long past, by the first admission the budget would otherwise refuse.
 
 Redis layout (one hash tag per key, so a cluster keeps a key's data in one slot)::
 
@@ -20,8 +22,8 @@ Redis layout (one hash tag per key, so a cluster keeps a key's data in one slot)
     ttc:{<sha256>}:key           hash: id name created revoked rpm tpm max_k strategies budget_nusd
     ttc:{<sha256>}:usage         hash: spent_nusd reserved_nusd
     ttc:{<sha256>}:rl:<minute>   hash: requests tokens   (expires after two minutes)
-    ttc:{<sha256>}:held          hash: admission id -> "<reserved nusd> <reserved tokens>"
-                                 (requests admitted and not yet settled)
+    ttc:{<sha256>}:held          hash: admission id -> "<reserved nusd> <reserved tokens>
+                                 <expires at>" (requests admitted and not yet settled)
     ttc:{<sha256>}:settled:<minute>  hash: ids of the minute's admissions that were settled
                                  (expires ``SETTLED_TTL_S`` after its last settlement)
 
@@ -66,6 +68,9 @@ WINDOW_TTL_S = 2 * WINDOW_S
 # answer is not booked twice (replays run every second while Redis answers). Memory: about 50
 # bytes per request settled in the last 15 minutes.
 SETTLED_TTL_S = 15 * 60
+# Past the request deadline, how long a reservation is still taken for a live request's
+# (settling takes a Redis call; one kept while Redis was down is booked however late it comes).
+RESERVATION_MARGIN_S = 60.0
 
 
 def new_secret() -> str:
@@ -380,18 +385,34 @@ def _apply(record: KeyRecord, changes: dict[str, Any]) -> KeyRecord:
 
 
 # -- Redis (many replicas) ----------------------------------------------------------------------
-# KEYS: the key's record, its usage, this minute's window. ARGV: strategy, k, tokens, nusd, ttl.
+# KEYS: the key's record, its usage, this minute's window, its held reservations.
+# ARGV: strategy, k, tokens, nusd, window ttl, admission id, now, when the reservation expires.
 # Comparisons use doubles (exact to 2**53); counters are incremented by the ARGV strings.
-# Returns {verdict, record fields...}; the steps are ``judge``'s, in the same order.
+# Returns {verdict, used nusd, record fields..., nusd released}; the steps are ``judge``'s, in
+# the same order. Only a request the budget would refuse looks for expired reservations (their
+# request's deadline long past: a replica died before it settled them) and releases them first.
 _ADMIT = """
 local f = redis.call('HMGET', KEYS[1], 'id', 'name', 'created', 'revoked', 'rpm', 'tpm',
                      'max_k', 'strategies', 'budget_nusd')
 if not f[1] then return {'unknown'} end
 local function set(v) return v and v ~= '' end
+local released = 0
 local function record(verdict, used)  -- a missing field would cut a Lua list short
   local out = {verdict, used or 0}
   for i = 1, 9 do out[i + 2] = f[i] or '' end
+  out[12] = released
   return out
+end
+local function release_expired()
+  local held = redis.call('HGETALL', KEYS[4])
+  for i = 1, #held, 2 do
+    local held_nusd, _, expires = string.match(held[i + 1], '^(%d+) (%d+) ([%d.]+)$')
+    if expires and tonumber(expires) < tonumber(ARGV[7]) then
+      redis.call('HDEL', KEYS[4], held[i])
+      released = released + tonumber(held_nusd)
+    end
+  end
+  if released > 0 then redis.call('HINCRBY', KEYS[2], 'reserved_nusd', -released) end
 end
 if f[4] == '1' then return record('revoked') end
 local k, tokens, nusd = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -406,14 +427,19 @@ if set(f[6]) then
   if tokens > tonumber(f[6]) then return record('tpm_request') end
   if used + tokens > tonumber(f[6]) then return record('tpm') end
 end
-local u = redis.call('HMGET', KEYS[2], 'spent_nusd', 'reserved_nusd')
-local budget_use = tonumber(u[1] or '0') + tonumber(u[2] or '0')
-if set(f[9]) and budget_use + nusd > tonumber(f[9]) then return record('budget', budget_use) end
+local function budget_use()
+  local u = redis.call('HMGET', KEYS[2], 'spent_nusd', 'reserved_nusd')
+  return tonumber(u[1] or '0') + tonumber(u[2] or '0')
+end
+if set(f[9]) and budget_use() + nusd > tonumber(f[9]) then
+  release_expired()
+  if budget_use() + nusd > tonumber(f[9]) then return record('budget', budget_use()) end
+end
 redis.call('HINCRBY', KEYS[3], 'requests', 1)
 redis.call('HINCRBY', KEYS[3], 'tokens', ARGV[3])
 redis.call('EXPIRE', KEYS[3], ARGV[5])
 redis.call('HINCRBY', KEYS[2], 'reserved_nusd', ARGV[4])
-redis.call('HSET', KEYS[4], ARGV[6], ARGV[4] .. ' ' .. ARGV[3])
+redis.call('HSET', KEYS[4], ARGV[6], ARGV[4] .. ' ' .. ARGV[3] .. ' ' .. ARGV[8])
 return record('ok')
 """
 
@@ -430,12 +456,11 @@ local reserved_tokens = 0
 local held = redis.call('HGET', KEYS[3], ARGV[1])
 if held then
   redis.call('HDEL', KEYS[3], ARGV[1])
-  local space = string.find(held, ' ', 1, true)
-  local reserved_nusd = tonumber(string.sub(held, 1, space - 1))
-  if reserved_nusd ~= 0 then  -- -0 would be written "-0", which HINCRBY refuses
-    redis.call('HINCRBY', KEYS[1], 'reserved_nusd', -reserved_nusd)
+  local held_nusd, held_tokens = string.match(held, '^(%d+) (%d+)')
+  if tonumber(held_nusd) ~= 0 then  -- -0 would be written "-0", which HINCRBY refuses
+    redis.call('HINCRBY', KEYS[1], 'reserved_nusd', -tonumber(held_nusd))
   end
-  reserved_tokens = tonumber(string.sub(held, space + 1))
+  reserved_tokens = tonumber(held_tokens)
 end
 redis.call('HINCRBY', KEYS[1], 'spent_nusd', ARGV[2])
 if redis.call('EXISTS', KEYS[2]) == 1 then
@@ -506,10 +531,20 @@ _RECORD_FIELDS = ("id", "name", "created", "revoked", *(_LIMIT_FIELDS.values()))
 
 class RedisKeyStore:
     """Records and counters in Redis, shared by every gateway replica. Every operation is one
-    round trip with a timeout; any Redis failure is raised as ``StateUnavailable``."""
+    round trip with a timeout; any Redis failure is raised as ``StateUnavailable``.
 
-    def __init__(self, url: str, timeout_s: float = 0.5) -> None:
+    ``reservation_ttl_s``: how long after its admission a reservation still belongs to a live
+    request (the request deadline and a margin). An older one that was never settled was left
+    by a replica that stopped; it is released when it would make the budget refuse a request."""
+
+    def __init__(
+        self,
+        url: str,
+        timeout_s: float = 0.5,
+        reservation_ttl_s: float = 600 + RESERVATION_MARGIN_S,
+    ) -> None:
         self.url = url
+        self.reservation_ttl_s = reservation_ttl_s
         self._redis = aioredis.Redis.from_url(
             url,
             decode_responses=True,
@@ -608,13 +643,29 @@ class RedisKeyStore:
                     _window_key(key_hash, window),
                     _held_key(key_hash),
                 ],
-                args=[strategy, k, tokens, nusd, WINDOW_TTL_S, admission_id],
+                args=[
+                    strategy,
+                    k,
+                    tokens,
+                    nusd,
+                    WINDOW_TTL_S,
+                    admission_id,
+                    f"{now:.3f}",
+                    f"{now + self.reservation_ttl_s:.3f}",
+                ],
             )
         )
         verdict = str(reply[0])
+        if verdict != "unknown" and int(reply[11]):
+            log.warning(
+                "released $%.6f reserved for key %s by requests never settled (past their "
+                "deadline: a gateway replica stopped while serving them)",
+                int(reply[11]) / NANO,
+                str(reply[2]),
+            )
         if verdict == "unknown":
             return AdmitResult("unknown")
-        record = _decode_record(key_hash, reply[2:])
+        record = _decode_record(key_hash, reply[2:11])
         if verdict != "ok":
             return AdmitResult(verdict, record, used_nusd=int(reply[1]))  # type: ignore[arg-type]
         reservation = Reservation(key_hash, window, tokens, nusd, admission_id)

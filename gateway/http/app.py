@@ -55,7 +55,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     access = AccessControl(
         settings.auth,
         settings.state,
-        open_store(settings.auth, settings.state),
+        open_store(settings.auth, settings.state, settings.limits.request_timeout_s),
         metrics,
         PriceCeiling.of(meter.prices, pools.models),
     )

@@ -284,3 +284,31 @@ async def test_an_admission_whose_answer_was_lost_is_released_when_its_request_s
     (_, usage), *_ = await store.records()
     assert (usage.spent_usd, usage.reserved_usd) == (300_000 / NANO, 0.0)
     await store.close()
+
+
+async def test_a_reservation_past_its_request_deadline_is_released_when_the_budget_needs_it(
+    redis_proc: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A replica that stops between admission and settlement leaves its reservations held;
+    once their requests' deadline is past, a request the budget would refuse releases them."""
+    redis.Redis.from_url(redis_proc.url).flushdb()
+    store = RedisKeyStore(redis_proc.url, reservation_ttl_s=10)
+    key_hash, _ = await add_key(store, budget_usd=1000 / NANO)
+    orphan = await store.admit(key_hash, "single", 1, 1, 600, NOW, new_admission_id())
+    assert orphan.reservation is not None  # its replica stops here: never settled
+    live = await store.admit(key_hash, "single", 1, 1, 600, NOW + 9, new_admission_id())
+    assert live.verdict == "budget" and live.used_nusd == 600  # still within its deadline
+    later = await store.admit(key_hash, "single", 1, 1, 600, NOW + 11, new_admission_id())
+    assert later.verdict == "ok" and later.reservation is not None
+    assert "released $0.000001 reserved for key" in caplog.text
+    (_, usage), *_ = await store.records()
+    assert (usage.spent_usd, usage.reserved_usd) == (0.0, 600 / NANO)  # the later one's
+    # had it settled after all (a settlement kept while Redis was down), its cost is booked
+    # and nothing more is released
+    await store.settle(orphan.reservation, tokens=5, nusd=100)
+    (_, usage), *_ = await store.records()
+    assert (usage.spent_usd, usage.reserved_usd) == (100 / NANO, 600 / NANO)
+    await store.settle(later.reservation, tokens=5, nusd=200)
+    (_, usage), *_ = await store.records()
+    assert (usage.spent_usd, usage.reserved_usd) == (300 / NANO, 0.0)
+    await store.close()
