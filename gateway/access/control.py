@@ -203,6 +203,7 @@ class AccessControl:
         secret = _bearer(authorization)
         # Made before asking: if the store's answer is lost, the settlement still names it.
         admission_id, now = new_admission_id(), time.time()
+        asked: str | None = None  # the key hash the store was asked to admit
         try:
             if self.auth.mode == "auto" and not await self._keys_exist(secret is not None):
                 return OPEN
@@ -218,9 +219,10 @@ class AccessControl:
             bound = worst_case()
             tokens = bound.total
             nusd = to_nusd(self.prices.cost(bound), round_up=True)
+            asked = key_hash
             result = await self.store.admit(key_hash, strategy, k, tokens, nusd, now, admission_id)
         except StateUnavailable as exc:
-            return self._degraded_admit(secret, exc, admission_id, now)
+            return self._degraded_admit(secret, exc, asked, admission_id, now)
         self._healthy()
         await self._replay()
         if result.verdict != "ok":
@@ -386,8 +388,15 @@ class AccessControl:
 
     # -- failure policy ---------------------------------------------------------------------
     def _degraded_admit(
-        self, secret: str | None, exc: StateUnavailable, admission_id: str, now: float
+        self,
+        secret: str | None,
+        exc: StateUnavailable,
+        asked: str | None,
+        admission_id: str,
+        now: float,
     ) -> Admission:
+        """``asked``: the key hash whose admission was sent to the store (None: the store
+        failed before): it may have been admitted there, its answer lost."""
         self._unhealthy("admit", exc)
         if self.on_failure == "open":
             keys_existed = self._has_keys[1] if self._has_keys is not None else True
@@ -402,6 +411,11 @@ class AccessControl:
                 nothing = Reservation(record.key_hash, minute_window(now), 0, 0, admission_id)
                 return Admission(record.id, nothing, self)
         self.metrics.degraded_admissions.labels("rejected").inc()
+        if asked is not None:
+            # Refused here, yet perhaps admitted there: a settlement of nothing, replayed once
+            # the store is back, releases what that admission reserved (if it ran at all).
+            self._pending.append((Reservation(asked, minute_window(now), 0, 0, admission_id), 0, 0))
+            self.metrics.shared_state_pending.labels(self.backend).set(len(self._pending))
         raise Unavailable(
             "API keys cannot be checked right now (shared state unavailable); retry shortly",
             type="server_error",

@@ -277,6 +277,7 @@ class MemoryKeyStore:
         self._windows: dict[tuple[str, int], list[int]] = {}  # (hash, minute) -> [req, tokens]
         # (hash, minute) -> ids of that minute's admissions that were settled
         self._settled: dict[tuple[str, int], set[str]] = {}
+        self._held: dict[str, Reservation] = {}  # admitted and not yet settled, by id
         self._reload(force=True)
         if key_file is not None:  # spending survives a restart; reservations do not need to
             self._usage = {h: [spent, 0] for h, spent in key_file.load_spent().items()}
@@ -340,6 +341,10 @@ class MemoryKeyStore:
         if record is None:
             return AdmitResult("unknown")
         window = minute_window(now)
+        if admission_id in self._held:  # asked again: what it reserved then
+            return AdmitResult("ok", record, self._held[admission_id])
+        if admission_id in self._settled.get((key_hash, window), ()):
+            return AdmitResult("ok", record, Reservation(key_hash, window, 0, 0, admission_id))
         counts = self._windows.setdefault((key_hash, window), [0, 0])
         usage = self._usage.setdefault(key_hash, [0, 0])
         verdict = judge(record, strategy, k, tokens, nusd, (counts[0], counts[1]), sum(usage))
@@ -350,7 +355,9 @@ class MemoryKeyStore:
         usage[1] += nusd
         for old in [w for w in self._windows if w[1] < window - 1]:
             del self._windows[old]
-        return AdmitResult("ok", record, Reservation(key_hash, window, tokens, nusd, admission_id))
+        reservation = Reservation(key_hash, window, tokens, nusd, admission_id)
+        self._held[admission_id] = reservation
+        return AdmitResult("ok", record, reservation)
 
     async def settle(self, reservation: Reservation, tokens: int, nusd: int) -> None:
         marks = (reservation.key_hash, reservation.window)
@@ -362,6 +369,7 @@ class MemoryKeyStore:
         if reservation.id in self._settled[marks]:
             return  # settled already
         self._settled[marks].add(reservation.id)
+        self._held.pop(reservation.id, None)
         usage = self._usage.setdefault(reservation.key_hash, [0, 0])
         usage[0] += nusd
         usage[1] -= reservation.nusd
@@ -385,12 +393,16 @@ def _apply(record: KeyRecord, changes: dict[str, Any]) -> KeyRecord:
 
 
 # -- Redis (many replicas) ----------------------------------------------------------------------
-# KEYS: the key's record, its usage, this minute's window, its held reservations.
+# KEYS: the key's record, its usage, this minute's window, its held reservations, the ids of
+# this minute's settled admissions.
 # ARGV: strategy, k, tokens, nusd, window ttl, admission id, now, when the reservation expires.
 # Comparisons use doubles (exact to 2**53); counters are incremented by the ARGV strings.
 # Returns {verdict, used nusd, record fields..., nusd released}; the steps are ``judge``'s, in
 # the same order. Only a request the budget would refuse looks for expired reservations (their
 # request's deadline long past: a replica died before it settled them) and releases them first.
+# An id already held or settled is admitted again without counting anything: the same call sent
+# twice (redis-py resends a call whose connection broke), or one that reached Redis after its
+# request had been let in open and settled.
 _ADMIT = """
 local f = redis.call('HMGET', KEYS[1], 'id', 'name', 'created', 'revoked', 'rpm', 'tpm',
                      'max_k', 'strategies', 'budget_nusd')
@@ -413,6 +425,10 @@ local function release_expired()
     end
   end
   if released > 0 then redis.call('HINCRBY', KEYS[2], 'reserved_nusd', -released) end
+end
+if redis.call('HEXISTS', KEYS[4], ARGV[6]) == 1 or redis.call('HEXISTS', KEYS[5], ARGV[6]) == 1
+then
+  return record('ok')
 end
 if f[4] == '1' then return record('revoked') end
 local k, tokens, nusd = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -450,22 +466,24 @@ return record('ok')
 # (Lua's tostring would print a large double as 1e+14); redis.call formats a Lua number with 17
 # digits, exact for the integers used here (below 2**53).
 _SETTLE = """
-if redis.call('HSETNX', KEYS[4], ARGV[1], 1) == 0 then return 0 end
-redis.call('EXPIRE', KEYS[4], ARGV[4])
-local reserved_tokens = 0
+if redis.call('HEXISTS', KEYS[4], ARGV[1]) == 1 then return 0 end
+local reserved_nusd, reserved_tokens = 0, 0
 local held = redis.call('HGET', KEYS[3], ARGV[1])
 if held then
-  redis.call('HDEL', KEYS[3], ARGV[1])
-  local held_nusd, held_tokens = string.match(held, '^(%d+) (%d+)')
-  if tonumber(held_nusd) ~= 0 then  -- -0 would be written "-0", which HINCRBY refuses
-    redis.call('HINCRBY', KEYS[1], 'reserved_nusd', -tonumber(held_nusd))
-  end
-  reserved_tokens = tonumber(held_tokens)
+  local n, t = string.match(held, '^(%d+) (%d+)')
+  reserved_nusd, reserved_tokens = tonumber(n or '0'), tonumber(t or '0')
 end
-redis.call('HINCRBY', KEYS[1], 'spent_nusd', ARGV[2])
-if redis.call('EXISTS', KEYS[2]) == 1 then
+-- all read: the writes follow (a script that fails part-way keeps what it wrote)
+if held then redis.call('HDEL', KEYS[3], ARGV[1]) end
+if reserved_nusd ~= 0 then  -- -0 would be written "-0", which HINCRBY refuses
+  redis.call('HINCRBY', KEYS[1], 'reserved_nusd', -reserved_nusd)
+end
+if ARGV[2] ~= '0' then redis.call('HINCRBY', KEYS[1], 'spent_nusd', ARGV[2]) end
+if redis.call('EXISTS', KEYS[2]) == 1 and tonumber(ARGV[3]) ~= reserved_tokens then
   redis.call('HINCRBY', KEYS[2], 'tokens', tonumber(ARGV[3]) - reserved_tokens)
 end
+redis.call('HSET', KEYS[4], ARGV[1], 1)
+redis.call('EXPIRE', KEYS[4], ARGV[4])
 return 1
 """
 
@@ -642,6 +660,7 @@ class RedisKeyStore:
                     _usage_key(key_hash),
                     _window_key(key_hash, window),
                     _held_key(key_hash),
+                    _settled_key(key_hash, window),
                 ],
                 args=[
                     strategy,

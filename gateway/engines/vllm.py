@@ -26,10 +26,12 @@ class VllmAdapter(EngineAdapter):
     }
 
     def ended_at_eos(self, choice: dict[str, Any]) -> bool | None:
-        """``stop_reason`` is the stop string that matched (None at EOS)."""
+        """``stop_reason`` is the stop string that matched; None at EOS, or the id of the stop
+        token (vLLM adds a model's other end-of-sequence ids from its generation config to the
+        stop token ids): a token id is taken as end of sequence, as SGLang's ``matched_stop``."""
         if "stop_reason" not in choice:
             return None
-        return choice["stop_reason"] is None
+        return not isinstance(choice["stop_reason"], str)
 
     def prepare(self, body: dict[str, Any], upstream_model: str, request_id: str) -> dict[str, Any]:
         body = super().prepare(body, upstream_model, request_id)

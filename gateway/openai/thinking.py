@@ -11,10 +11,10 @@ which to expect (``pools[].reasoning.thinking``):
   generation prompt with ``<think>\\n``), so content is thinking until the close tag.
 - ``none``: content is all answer (reasoning deltas are still thinking).
 
-``ThinkingSplit`` follows one sample across all its upstream calls (a thinking cut at its budget
-is continued by a second call): what it thought, what it answered, their token counts, and the
-text the model generated, from which the continuation's prompt is made.
-"""
+``ThinkingSplit`` follows one sample across all its upstream calls (a thinking cut at its budget,
+or ended by the model before its close tag, is continued by a second call): what it thought, what
+it answered, their token counts, and the text the model generated, from which the continuation's
+prompt is made."""
 
 from __future__ import annotations
 

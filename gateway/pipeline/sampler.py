@@ -138,17 +138,19 @@ class _Stream:
     closed: bool = False
     accounted: bool = False  # its tokens are counted (once, however it was closed)
     broken: bool = False  # the worker failed it (nothing of its work is estimated)
-    # Samples whose thinking this stream ended at the budget: another stream continues them.
+    # Samples whose first call this stream ended at the thinking budget (or whose model ended
+    # it while still thinking): another stream continues them.
     handed_off: set[int] = field(default_factory=set)
-    continuation: bool = False  # it continues its one sample after a thinking budget's cut
+    continuation: bool = False  # it continues its one sample after its thinking was ended
 
 
 @dataclass
 class ThinkingPlan:
     """A batch's thinking budget, enforced by the gateway: each sample's first call generates
-    at most ``budget.tokens``; one that stops there (``length``) is continued once on the same
-    worker by a raw completion of the chat rendered by the engine's template, what the sample
-    generated, and the end-of-thinking delimiter if it was still thinking, with at most
+    at most ``budget.tokens``; one that stops there (``length``), or that the model ends while
+    still thinking (end of sequence, no answer yet), is continued once on the same worker by a
+    raw completion of the chat rendered by the engine's template, what the sample generated,
+    and the end-of-thinking delimiter if it was still thinking, with at most
     ``continue_tokens`` (0: it is not continued: the client's ``max_tokens`` was reached)."""
 
     budget: ThinkingBudget
@@ -696,6 +698,7 @@ class PoolSampler:
             plan = batch.thinking
             # the engine's own budget (vLLM): a sample that thought to the budget was cut there
             native = plan.budget.tokens if plan is not None and plan.native else None
+            continued = {stream.offset for stream in batch.streams if stream.continuation}
             for sample, split in enumerate(batch.splits):
                 if split.chat:
                     cut = split.cut or (native is not None and split.thinking_tokens >= native)
@@ -703,7 +706,7 @@ class PoolSampler:
                         {
                             "thinking_tokens": split.thinking_tokens,
                             "cut": cut,
-                            "continued": sample in batch.continuing,
+                            "continued": sample in continued,  # a second call was sent
                         }
                     )
         return reported
@@ -727,8 +730,8 @@ class PoolSampler:
 
     def placement(self) -> list[dict[str, Any]]:
         """Each upstream request: its worker, how many samples it carried, its tokens (prompt,
-        cached, generated), and, for the continuation of a thinking cut at its budget, the
-        sample it continued (``continues``: its index in the batch)."""
+        cached, generated), and, for a continuation (of a thinking cut at its budget, or ended
+        unclosed), the sample it continued (``continues``: its index in the batch)."""
         placed = []
         for batch in self.batches:
             for stream in batch.streams:

@@ -22,12 +22,14 @@ from gateway.access.stores import (
     KeyStore,
     MemoryKeyStore,
     RedisKeyStore,
+    Reservation,
     StateUnavailable,
     hash_secret,
     new_admission_id,
     new_secret,
 )
 from gateway.config import AuthConfig, SharedStateConfig
+from gateway.errors import Unavailable
 from gateway.metrics import GatewayMetrics
 from strategies.base import TokenBound
 from tests.processes import RedisServer, redis_server
@@ -283,7 +285,84 @@ async def test_an_admission_whose_answer_was_lost_is_released_when_its_request_s
     await second.settle(tokens=130, cost_usd=0.0002)
     (_, usage), *_ = await store.records()
     assert (usage.spent_usd, usage.reserved_usd) == (300_000 / NANO, 0.0)
+    # the minute's tokens: what the two used, their reservations (500 each) replaced
+    assert window_tokens(redis_proc.url, hash_secret(secret)) == 120 + 130
     await store.close()
+
+
+def window_tokens(url: str, key_hash: str) -> int:
+    """The tokens counted in a key's rate windows (``ttc:{hash}:rl:<minute>``)."""
+    client = redis.Redis.from_url(url, decode_responses=True)
+    windows = client.keys(f"ttc:{{{key_hash}}}:rl:*")
+    return sum(int(client.hget(w, "tokens") or 0) for w in windows)
+
+
+async def test_a_refused_admission_whose_answer_was_lost_is_released_when_redis_answers(
+    redis_proc: RedisServer,
+) -> None:
+    """``on_failure: closed`` answers 503; the admission may have run in Redis all the same:
+    a settlement of nothing, replayed once Redis answers, releases it."""
+    redis.Redis.from_url(redis_proc.url).flushdb()
+    store = RedisKeyStore(redis_proc.url, timeout_s=0.3)
+    secret = new_secret()
+    await store.add(
+        KeyRecord("k1", "test", hash_secret(secret), time.time(), limits=KeyLimits(budget_usd=1.0))
+    )
+    access = AccessControl(
+        AuthConfig(),
+        SharedStateConfig(redis_url=redis_proc.url, on_failure="closed"),
+        store,
+        GatewayMetrics(),
+        PriceCeiling(input_usd=1e-6, output_usd=2e-6),
+    )
+    worst = TokenBound(prompt_tokens=100, completion_tokens=400)  # reserves $0.0009
+    await access.admit(f"Bearer {secret}", "single", 1, lambda: worst)  # keys exist: memo
+    (_, usage), *_ = await store.records()
+    assert usage.reserved_usd == pytest.approx(0.0009)
+    busy = await redis_busy(redis_proc.url, 1.0)
+    with pytest.raises(Unavailable):
+        await access.admit(f"Bearer {secret}", "single", 1, lambda: worst)
+    busy.join()
+    (_, usage), *_ = await store.records()
+    assert usage.reserved_usd == pytest.approx(0.0018)  # it ran: only its answer was lost
+    await access._replay()  # what the replay loop does within a second
+    (_, usage), *_ = await store.records()
+    assert (usage.spent_usd, usage.reserved_usd) == (0.0, pytest.approx(0.0009))  # the first's
+    await store.close()
+
+
+async def test_an_admission_sent_twice_is_counted_once(store: KeyStore) -> None:
+    """redis-py sends a call again when its connection breaks, perhaps after Redis ran it."""
+    key_hash, _ = await add_key(store, budget_usd=1000 / NANO, requests_per_minute=2)
+    admission_id = new_admission_id()
+    for _ in range(2):
+        again = await store.admit(key_hash, "single", 1, 10, 600, NOW, admission_id)
+        assert again.verdict == "ok" and again.reservation is not None
+    (_, usage), *_ = await store.records()
+    assert usage.reserved_usd == 600 / NANO  # once: the budget still has room for 400
+    assert (await store.admit(key_hash, "single", 1, 10, 400, NOW, new_admission_id())).verdict == (
+        "ok"
+    )
+    assert (await store.admit(key_hash, "single", 1, 10, 0, NOW, new_admission_id())).verdict == (
+        "rpm"
+    )  # two requests counted this minute, not three
+    await store.settle(again.reservation, tokens=10, nusd=100)
+    (_, usage), *_ = await store.records()
+    assert (usage.spent_usd, usage.reserved_usd) == (100 / NANO, 400 / NANO)
+
+
+async def test_an_admission_arriving_after_its_settlement_reserves_nothing(
+    store: KeyStore,
+) -> None:
+    """Let in open while Redis stalled, the request settled before its delayed admission ran."""
+    key_hash, _ = await add_key(store, budget_usd=1000 / NANO)
+    admission_id = new_admission_id()
+    window = NOW // WINDOW_S
+    await store.settle(Reservation(key_hash, int(window), 0, 0, admission_id), tokens=5, nusd=100)
+    late = await store.admit(key_hash, "single", 1, 10, 600, NOW, admission_id)
+    assert late.verdict == "ok"
+    (_, usage), *_ = await store.records()
+    assert (usage.spent_usd, usage.reserved_usd) == (100 / NANO, 0.0)
 
 
 async def test_a_reservation_past_its_request_deadline_is_released_when_the_budget_needs_it(

@@ -121,6 +121,7 @@ def check_budget(report: dict[str, Any], usage: Any, budget: int, answer_budget:
         if native:
             assert not continuations
             continue
+        assert sample["continued"] == (index in continuations)
         if not sample["cut"]:
             assert index not in continuations or sample["thinking_tokens"] < budget
             continue

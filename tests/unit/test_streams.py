@@ -6,6 +6,7 @@ from typing import Any
 import pytest
 
 from gateway.engines.llamacpp import LlamaCppAdapter
+from gateway.engines.sglang import SglangAdapter
 from gateway.engines.vllm import VllmAdapter
 from gateway.openai.chunks import StreamTally, assemble_chat_completion
 from gateway.openai.sse import iter_sse_data
@@ -133,3 +134,20 @@ def test_llamacpp_bills_each_choice_its_own_usage_chunk_with_the_unstreamed_end_
     tally.completed = True
     assert [tally.choice(i).billed_tokens for i in (0, 1)] == [2, 3]
     assert tally.usage().completion_tokens == 5  # as llamacpp:tokens_predicted_total counts
+
+
+def test_each_engine_says_whether_a_stop_was_end_of_sequence_or_a_stop_string() -> None:
+    vllm = VllmAdapter()
+    # vLLM: None at EOS; a string is the client's stop string; a token id is a stop token
+    # (a model's extra end-of-sequence ids from its generation config are stop token ids)
+    assert [vllm.ended_at_eos({"stop_reason": r}) for r in (None, "###", 128009)] == [
+        True,
+        False,
+        True,
+    ]
+    assert vllm.ended_at_eos({}) is None
+    sglang = SglangAdapter()
+    assert [sglang.ended_at_eos({"matched_stop": m}) for m in (2, "###")] == [True, False]
+    llamacpp = LlamaCppAdapter()
+    assert [llamacpp.ended_at_eos({"stop_type": t}) for t in ("eos", "word")] == [True, False]
+    assert llamacpp.ended_at_eos({}) is None  # its stream does not say
