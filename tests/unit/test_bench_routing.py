@@ -449,7 +449,8 @@ def test_a_short_routing_run_reports_every_policy_on_real_workers(tmp_path: Path
         decisions = dict(part.split() for part in cells[10].split(", "))
         assert sum(map(int, decisions.values())) == 4 + dropped[policy], (policy, run.stdout)
     # two first turns at once go to the two idle workers; each second turn finds its prefix
-    assert rows["cache_aware"][8] == "w0 2, w1 2"
+    if not dropped["cache_aware"]:  # a resent call is routed again, maybe elsewhere
+        assert rows["cache_aware"][8] == "w0 2, w1 2"
     expected = {"cache_aware": "hit 2, miss 2", "session": "hit 4", "least_loaded": "balanced 4"}
     for policy, decisions in expected.items():
         if not dropped[policy]:  # a resent call's second decision may be either outcome
