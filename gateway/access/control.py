@@ -163,6 +163,9 @@ class AccessControl:
         self._has_keys: tuple[float, bool] | None = None
         self._known: OrderedDict[str, KeyRecord] = OrderedDict()
         self._pending: deque[tuple[Reservation, int, int]] = deque(maxlen=PENDING_SETTLEMENTS)
+        # Admissions refused while the store timed out, which may have reserved there: each is
+        # released by a settlement of nothing (kept apart: they never push out a real one).
+        self._releases: deque[Reservation] = deque(maxlen=PENDING_SETTLEMENTS)
         # One replay at a time: two would settle the same first one twice, then drop the next.
         self._replaying = asyncio.Lock()
         self._replayer: asyncio.Task[None] | None = None
@@ -364,18 +367,24 @@ class AccessControl:
         """Settlements that failed while the store was down, in order, once it answers: on
         the next admission, and every ``REPLAY_INTERVAL_S`` (so they do not wait for
         traffic)."""
-        if not self._pending:
+        if not self._pending and not self._releases:
             return  # the usual case: nothing to do on the request path
         async with self._replaying:
-            while self._pending:
-                reservation, tokens, nusd = self._pending[0]
+            while self._pending or self._releases:
+                if self._pending:
+                    reservation, tokens, nusd = self._pending[0]
+                else:
+                    reservation, tokens, nusd = self._releases[0], 0, 0
                 try:
                     await self.store.settle(reservation, tokens, nusd)
                 except StateUnavailable as exc:
                     self._unhealthy("settle", exc)
                     return
-                self._pending.popleft()
-                self.metrics.shared_state_pending.labels(self.backend).set(len(self._pending))
+                if self._pending:
+                    self._pending.popleft()
+                else:
+                    self._releases.popleft()
+                self._count_waiting()
             self._healthy()
 
     async def _replay_loop(self) -> None:
@@ -411,11 +420,11 @@ class AccessControl:
                 nothing = Reservation(record.key_hash, minute_window(now), 0, 0, admission_id)
                 return Admission(record.id, nothing, self)
         self.metrics.degraded_admissions.labels("rejected").inc()
-        if asked is not None:
+        if asked is not None and exc.answer_lost:
             # Refused here, yet perhaps admitted there: a settlement of nothing, replayed once
-            # the store is back, releases what that admission reserved (if it ran at all).
-            self._pending.append((Reservation(asked, minute_window(now), 0, 0, admission_id), 0, 0))
-            self.metrics.shared_state_pending.labels(self.backend).set(len(self._pending))
+            # the store answers, releases what that admission reserved (if it ran at all).
+            self._releases.append(Reservation(asked, minute_window(now), 0, 0, admission_id))
+            self._count_waiting()
         raise Unavailable(
             "API keys cannot be checked right now (shared state unavailable); retry shortly",
             type="server_error",
@@ -423,10 +432,14 @@ class AccessControl:
             retry_after_s=1,
         )
 
+    def _count_waiting(self) -> None:
+        waiting = len(self._pending) + len(self._releases)
+        self.metrics.shared_state_pending.labels(self.backend).set(waiting)
+
     def _unhealthy(self, operation: str, exc: StateUnavailable) -> None:
         self.metrics.shared_state_errors.labels(self.backend, operation).inc()
         self.metrics.shared_state_up.labels(self.backend).set(0)
-        self.metrics.shared_state_pending.labels(self.backend).set(len(self._pending))
+        self._count_waiting()
         if not self._degraded:
             self._degraded = True
             log.warning(

@@ -57,6 +57,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 log = logging.getLogger("ttc.keys")
 
@@ -148,7 +149,12 @@ class AdmitResult:
 
 
 class StateUnavailable(Exception):
-    """The shared store could not be reached or did not answer in time."""
+    """The shared store could not be reached or did not answer in time. ``answer_lost``: the
+    call was sent and timed out waiting, so it may have run."""
+
+    def __init__(self, message: str, answer_lost: bool = False) -> None:
+        super().__init__(message)
+        self.answer_lost = answer_lost
 
 
 class KeyStore(Protocol):
@@ -580,7 +586,8 @@ class RedisKeyStore:
         try:
             return await operation
         except (RedisError, OSError, TimeoutError) as exc:
-            raise StateUnavailable(f"{type(exc).__name__}: {exc}") from None
+            lost = isinstance(exc, (RedisTimeoutError, TimeoutError))
+            raise StateUnavailable(f"{type(exc).__name__}: {exc}", answer_lost=lost) from None
 
     async def add(self, record: KeyRecord) -> None:
         fields = {
