@@ -257,22 +257,27 @@ async def test_a_settlement_replayed_after_a_redis_timeout_is_not_booked_twice(
     await store.close()
 
 
-async def test_an_admission_whose_answer_was_lost_is_released_when_its_request_settles(
-    redis_proc: RedisServer,
-) -> None:
-    redis.Redis.from_url(redis_proc.url).flushdb()
-    store = RedisKeyStore(redis_proc.url, timeout_s=0.3)
+async def redis_access(url: str, on_failure: str) -> tuple[AccessControl, RedisKeyStore, str]:
+    """A gateway's access control on a fresh Redis (0.3 s timeout) with one key, budget $1."""
+    redis.Redis.from_url(url).flushdb()
+    store = RedisKeyStore(url, timeout_s=0.3)
     secret = new_secret()
-    await store.add(
-        KeyRecord("k1", "test", hash_secret(secret), time.time(), limits=KeyLimits(budget_usd=1.0))
-    )
+    limits = KeyLimits(budget_usd=1.0)
+    await store.add(KeyRecord("k1", "test", hash_secret(secret), time.time(), limits=limits))
     access = AccessControl(
         AuthConfig(),
-        SharedStateConfig(redis_url=redis_proc.url, on_failure="open"),
+        SharedStateConfig(redis_url=url, on_failure=on_failure),
         store,
         GatewayMetrics(),
         PriceCeiling(input_usd=1e-6, output_usd=2e-6),
     )
+    return access, store, secret
+
+
+async def test_an_admission_whose_answer_was_lost_is_released_when_its_request_settles(
+    redis_proc: RedisServer,
+) -> None:
+    access, store, secret = await redis_access(redis_proc.url, "open")
     worst = TokenBound(prompt_tokens=100, completion_tokens=400)  # reserves $0.0009
     first = await access.admit(f"Bearer {secret}", "single", 1, lambda: worst)
     await first.settle(tokens=120, cost_usd=0.0001)  # this replica now knows the key
@@ -302,19 +307,7 @@ async def test_a_refused_admission_whose_answer_was_lost_is_released_when_redis_
 ) -> None:
     """``on_failure: closed`` answers 503; the admission may have run in Redis all the same:
     a settlement of nothing, replayed once Redis answers, releases it."""
-    redis.Redis.from_url(redis_proc.url).flushdb()
-    store = RedisKeyStore(redis_proc.url, timeout_s=0.3)
-    secret = new_secret()
-    await store.add(
-        KeyRecord("k1", "test", hash_secret(secret), time.time(), limits=KeyLimits(budget_usd=1.0))
-    )
-    access = AccessControl(
-        AuthConfig(),
-        SharedStateConfig(redis_url=redis_proc.url, on_failure="closed"),
-        store,
-        GatewayMetrics(),
-        PriceCeiling(input_usd=1e-6, output_usd=2e-6),
-    )
+    access, store, secret = await redis_access(redis_proc.url, "closed")
     worst = TokenBound(prompt_tokens=100, completion_tokens=400)  # reserves $0.0009
     await access.admit(f"Bearer {secret}", "single", 1, lambda: worst)  # keys exist: memo
     (_, usage), *_ = await store.records()
