@@ -182,22 +182,24 @@ class StrategyRunner:
         }
         if ctx.meter is not None and self.upstream.meter is not None:
             report.update(await self.upstream.meter.report(ctx.meter))
-        self._observe(spec.name, model, report, outcome)
+        self._observe(spec.name, model, report, outcome, usage)
         return StrategyResult(outcome, usage, report)
 
     def _observe(
-        self, strategy: str, model: str, report: dict[str, Any], outcome: StrategyOutcome
+        self,
+        strategy: str,
+        model: str,
+        report: dict[str, Any],
+        outcome: StrategyOutcome,
+        usage: Usage,
     ) -> None:
-        """The strategy's economics, as metrics."""
+        """The strategy's economics, as metrics (its thinking: the answer's reasoning_tokens)."""
         m = self.metrics
         m.time_to_decision.labels(strategy, model).observe(report["time_to_decision_ms"] / 1000)
         self._count_samples(strategy, report["samples"])
         m.tokens.labels(strategy, model, "default", "wasted").inc(report["wasted_tokens"])
+        m.tokens.labels(strategy, model, "default", "thinking").inc(usage.reasoning_tokens or 0)
         thinking = report["thinking"]["samples"]
-        thought = outcome.thinking_tokens
-        if thought is None:
-            thought = sum(sample["thinking_tokens"] for sample in thinking)
-        m.tokens.labels(strategy, model, "default", "thinking").inc(thought)
         m.thinking_cuts.labels(strategy, model).inc(sum(sample["cut"] for sample in thinking))
         decisions = report.get("decisions") or {}
         if "agreement" in decisions and report["votes"]:
