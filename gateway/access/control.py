@@ -165,7 +165,7 @@ class AccessControl:
         self._pending: deque[tuple[Reservation, int, int]] = deque(maxlen=PENDING_SETTLEMENTS)
         # Admissions refused while the store timed out, which may have reserved there: each is
         # released by a settlement of nothing (kept apart: they never push out a real one).
-        self._releases: deque[Reservation] = deque(maxlen=PENDING_SETTLEMENTS)
+        self._releases: deque[tuple[Reservation, int, int]] = deque(maxlen=PENDING_SETTLEMENTS)
         # One replay at a time: two would settle the same first one twice, then drop the next.
         self._replaying = asyncio.Lock()
         self._replayer: asyncio.Task[None] | None = None
@@ -370,21 +370,16 @@ class AccessControl:
         if not self._pending and not self._releases:
             return  # the usual case: nothing to do on the request path
         async with self._replaying:
-            while self._pending or self._releases:
-                if self._pending:
-                    reservation, tokens, nusd = self._pending[0]
-                else:
-                    reservation, tokens, nusd = self._releases[0], 0, 0
-                try:
-                    await self.store.settle(reservation, tokens, nusd)
-                except StateUnavailable as exc:
-                    self._unhealthy("settle", exc)
-                    return
-                if self._pending:
-                    self._pending.popleft()
-                else:
-                    self._releases.popleft()
-                self._count_waiting()
+            for waiting in (self._pending, self._releases):
+                while waiting:
+                    reservation, tokens, nusd = waiting[0]
+                    try:
+                        await self.store.settle(reservation, tokens, nusd)
+                    except StateUnavailable as exc:
+                        self._unhealthy("settle", exc)
+                        return
+                    waiting.popleft()
+                    self._count_waiting()
             self._healthy()
 
     async def _replay_loop(self) -> None:
@@ -423,7 +418,8 @@ class AccessControl:
         if asked is not None and exc.answer_lost:
             # Refused here, yet perhaps admitted there: a settlement of nothing, replayed once
             # the store answers, releases what that admission reserved (if it ran at all).
-            self._releases.append(Reservation(asked, minute_window(now), 0, 0, admission_id))
+            nothing = Reservation(asked, minute_window(now), 0, 0, admission_id)
+            self._releases.append((nothing, 0, 0))
             self._count_waiting()
         raise Unavailable(
             "API keys cannot be checked right now (shared state unavailable); retry shortly",
