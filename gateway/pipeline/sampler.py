@@ -442,8 +442,8 @@ class UpstreamBatch:
     async def stop(self) -> None:
         """Close every stream still open, continuations being opened first (they stop)."""
         self.stopping = True
-        opening = [task for task in self.continuing.values() if not task.done()]
-        opening = [t for t in opening if not any(s.reader is t for s in self.streams)]
+        reading = {stream.reader for stream in self.streams}
+        opening = [t for t in self.continuing.values() if not t.done() and t not in reading]
         for task in opening:
             task.cancel()
         await asyncio.gather(*opening, return_exceptions=True)
