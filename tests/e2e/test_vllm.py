@@ -11,6 +11,7 @@ import asyncio
 import os
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import openai
@@ -31,21 +32,25 @@ MESSAGES: list[openai.types.chat.ChatCompletionMessageParam] = [
 ]
 
 
+def vllm_pool(**overrides: Any) -> dict[str, Any]:
+    """The pool of the CI's vLLM server (``deploy/vllm-cpu``), as ``model`` smol."""
+    return {
+        "name": "vllm",
+        "engine": "vllm",
+        "model": "smol",
+        "upstream_model": VLLM_MODEL,
+        "workers": [{"url": VLLM_URL}],
+        **overrides,
+    }
+
+
 @pytest.fixture(scope="module")
 def gateway() -> Iterator[str]:
     assert VLLM_URL
     wait_http_ok(VLLM_URL + "/health", timeout_s=600)  # CI starts vLLM just before the tests
     config = {
         "server": {"log_level": "info"},
-        "pools": [
-            {
-                "name": "vllm",
-                "engine": "vllm",
-                "model": "smol",
-                "upstream_model": VLLM_MODEL,
-                "workers": [{"url": VLLM_URL}],
-            }
-        ],
+        "pools": [vllm_pool()],
     }
     with gateway_cli(config) as (url, _):
         yield url
@@ -212,16 +217,7 @@ def opened_gateway() -> Iterator[str]:
     wait_http_ok(VLLM_URL + "/health", timeout_s=600)
     config = {
         "server": {"log_level": "warning", "access_log": False},
-        "pools": [
-            {
-                "name": "vllm",
-                "engine": "vllm",
-                "model": "smol",
-                "upstream_model": VLLM_MODEL,
-                "workers": [{"url": VLLM_URL}],
-                "reasoning": {"thinking": "opened"},
-            }
-        ],
+        "pools": [vllm_pool(reasoning={"thinking": "opened"})],
     }
     with gateway_cli(config) as (url, _):
         yield url
